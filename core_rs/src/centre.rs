@@ -1,0 +1,380 @@
+//! The centre variable: a flat float32 vector split into shards, and the update clock.
+//!
+//! Commits and pulls walk the shards in order with hand-over-hand locking: an operation takes the
+//! lock of shard `i + 1` before it lets go of shard `i`. So up to one operation per shard runs at
+//! once (no lock is ever held over the whole vector), yet no operation can overtake another: every
+//! commit is applied whole and in one global order, and every pull copies a state that really
+//! existed (the centre after exactly `clock` commits). The clock is read and advanced while shard 0
+//! is held, which makes a commit's staleness exact and atomic with its application.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::rules::{self, Rule};
+
+/// 64 Ki floats (256 KiB) per shard: small enough to pipeline commits, large enough that locking is noise.
+pub const SHARD_LEN: usize = 1 << 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The clock after this commit (for synchronous rounds: after the round it completed).
+    pub clock: u64,
+    /// Commits applied between the worker's last pull and this commit.
+    pub staleness: u64,
+}
+
+pub struct Centre {
+    rule: Rule,
+    len: usize,
+    shards: Vec<RwLock<Vec<f32>>>,
+    clock: AtomicU64,
+    rounds: Option<SyncRounds>,
+    closed: AtomicBool,
+}
+
+struct SyncRounds {
+    workers: u32,
+    scale: f32,
+    sum: Vec<Mutex<Vec<f32>>>,
+    state: Mutex<RoundState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct RoundState {
+    round: u64,
+    joined: Vec<u32>,
+    added: u32,
+}
+
+fn split(values: &[f32]) -> Vec<Vec<f32>> {
+    values.chunks(SHARD_LEN).map(<[f32]>::to_vec).collect()
+}
+
+impl Centre {
+    pub fn new(rule: Rule, initial: &[f32]) -> Result<Centre> {
+        if initial.is_empty() {
+            return Err(Error::invalid("the centre needs at least one parameter"));
+        }
+        if !rules::all_finite(initial) {
+            return Err(Error::invalid("initial weights contain NaN or infinity"));
+        }
+        let rounds = match rule {
+            Rule::Sync { workers, scale } => Some(SyncRounds {
+                workers,
+                scale,
+                sum: split(&vec![0.0; initial.len()]).into_iter().map(Mutex::new).collect(),
+                state: Mutex::new(RoundState::default()),
+                done: Condvar::new(),
+            }),
+            _ => None,
+        };
+        Ok(Centre {
+            rule,
+            len: initial.len(),
+            shards: split(initial).into_iter().map(RwLock::new).collect(),
+            clock: AtomicU64::new(0),
+            rounds,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+    pub fn clock(&self) -> u64 {
+        self.clock.load(Ordering::Acquire)
+    }
+
+    /// Wakes every commit waiting for a synchronous round; they fail with `Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(rounds) = &self.rounds {
+            let _state = rounds.state.lock();
+            rounds.done.notify_all();
+        }
+    }
+
+    fn check_len(&self, what: &str, got: usize) -> Result<()> {
+        if got != self.len {
+            return Err(Error::invalid(format!("{what} has {got} values, the centre has {}", self.len)));
+        }
+        Ok(())
+    }
+
+    /// Copies a consistent snapshot of the centre into `out` and returns its clock.
+    pub fn pull(&self, out: &mut [f32]) -> Result<u64> {
+        self.check_len("pull buffer", out.len())?;
+        let mut guard = self.shards[0].read();
+        let clock = self.clock.load(Ordering::Acquire);
+        for (i, chunk) in out.chunks_mut(SHARD_LEN).enumerate() {
+            if i > 0 {
+                guard = self.shards[i].read(); // takes shard i before releasing shard i - 1
+            }
+            chunk.copy_from_slice(&guard);
+        }
+        Ok(clock)
+    }
+
+    /// Applies one commit whole, or nothing at all if it is invalid.
+    ///
+    /// `sent` is the centre this worker last pulled (needed by `adaptive`); `reply` receives `E`
+    /// (`elastic`) or the new centre (`sync`); `worker` identifies the contributor of a sync round.
+    pub fn commit(
+        &self,
+        delta: &[f32],
+        last_pull_clock: u64,
+        sent: Option<&[f32]>,
+        reply: Option<&mut [f32]>,
+        worker: u32,
+    ) -> Result<Applied> {
+        self.check_len("commit", delta.len())?;
+        if !rules::all_finite(delta) {
+            return Err(Error::rejected("commit contains NaN or infinity; the centre is unchanged"));
+        }
+        match self.rule {
+            Rule::Sync { .. } => {
+                let reply = reply.ok_or_else(|| Error::invalid("sync commits need a reply buffer for the new centre"))?;
+                self.check_len("reply buffer", reply.len())?;
+                self.commit_sync(delta, reply, worker)
+            }
+            rule => self.commit_async(rule, delta, last_pull_clock, sent, reply),
+        }
+    }
+
+    fn commit_async(
+        &self,
+        rule: Rule,
+        delta: &[f32],
+        last_pull_clock: u64,
+        sent: Option<&[f32]>,
+        mut reply: Option<&mut [f32]>,
+    ) -> Result<Applied> {
+        let sent = match rule {
+            Rule::Adaptive { .. } => {
+                let s = sent.ok_or_else(|| Error::rejected("adaptive commits need a pull first"))?;
+                self.check_len("last pulled centre", s.len())?;
+                s
+            }
+            _ => &[],
+        };
+        if let Rule::Elastic { .. } = rule {
+            let r = reply.as_deref().ok_or_else(|| Error::invalid("elastic commits need a reply buffer"))?;
+            self.check_len("reply buffer", r.len())?;
+        }
+
+        let mut guard = self.shards[0].write();
+        let now = self.clock.load(Ordering::Acquire);
+        if last_pull_clock > now {
+            return Err(Error::rejected(format!(
+                "commit is based on clock {last_pull_clock} but the centre is only at {now}"
+            )));
+        }
+        let staleness = now - last_pull_clock;
+        self.clock.store(now + 1, Ordering::Release);
+        let dyn_scale = 1.0 / (staleness as f32 + 1.0);
+
+        for (i, d) in delta.chunks(SHARD_LEN).enumerate() {
+            if i > 0 {
+                guard = self.shards[i].write(); // takes shard i before releasing shard i - 1
+            }
+            let range = i * SHARD_LEN..i * SHARD_LEN + d.len();
+            match rule {
+                Rule::Add { scale } => rules::add_scaled(&mut guard, d, scale),
+                Rule::DynSgd => rules::add_scaled(&mut guard, d, dyn_scale),
+                Rule::Adaptive { gamma } => rules::adaptive(&mut guard, d, &sent[range], gamma),
+                Rule::Elastic { alpha } => {
+                    let out = reply.as_deref_mut().expect("checked above");
+                    rules::elastic(&mut guard, d, &mut out[range], alpha)
+                }
+                Rule::Sync { .. } => unreachable!("sync commits take commit_sync"),
+            }
+        }
+        Ok(Applied { clock: now + 1, staleness })
+    }
+
+    fn commit_sync(&self, delta: &[f32], reply: &mut [f32], worker: u32) -> Result<Applied> {
+        let rounds = self.rounds.as_ref().expect("sync rule has rounds");
+        let my_round = {
+            let mut st = rounds.state.lock();
+            self.check_open()?;
+            if st.joined.contains(&worker) {
+                return Err(Error::rejected(format!(
+                    "worker {worker} already committed to round {}; wait for the round to complete",
+                    st.round
+                )));
+            }
+            if st.joined.len() as u32 == rounds.workers {
+                return Err(Error::rejected(format!(
+                    "round {} already has its {} workers; worker {worker} is one too many",
+                    st.round, rounds.workers
+                )));
+            }
+            st.joined.push(worker);
+            st.round
+        };
+        for (sum, d) in rounds.sum.iter().zip(delta.chunks(SHARD_LEN)) {
+            rules::add_scaled(&mut sum.lock(), d, 1.0);
+        }
+        let mut st = rounds.state.lock();
+        st.added += 1;
+        if st.added == rounds.workers {
+            // Every contribution of this round is in the sum: apply it and start the next round.
+            for (shard, sum) in self.shards.iter().zip(&rounds.sum) {
+                let mut sum = sum.lock();
+                rules::add_scaled(&mut shard.write(), &sum, rounds.scale);
+                sum.fill(0.0);
+            }
+            self.clock.fetch_add(1, Ordering::AcqRel);
+            st.round += 1;
+            st.joined.clear();
+            st.added = 0;
+            rounds.done.notify_all();
+        } else {
+            while st.round == my_round {
+                self.check_open()?;
+                rounds.done.wait_for(&mut st, Duration::from_millis(200));
+            }
+        }
+        drop(st);
+        // Nothing changes the centre until every worker, this one included, commits again.
+        let clock = self.pull(reply)?;
+        Ok(Applied { clock, staleness: 0 })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("the parameter server is shutting down".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn add() -> Rule {
+        Rule::Add { scale: 1.0 }
+    }
+
+    #[test]
+    fn concurrent_integer_commits_sum_exactly() {
+        let n = 3 * SHARD_LEN + 17;
+        let centre = Arc::new(Centre::new(add(), &vec![0.0; n]).unwrap());
+        let threads: Vec<_> = (0..8u32)
+            .map(|t| {
+                let centre = Arc::clone(&centre);
+                thread::spawn(move || {
+                    let delta: Vec<f32> = (0..n).map(|j| ((j as u32 % 7) + t) as f32).collect();
+                    for _ in 0..25 {
+                        centre.commit(&delta, 0, None, None, t).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut out = vec![0.0; n];
+        assert_eq!(centre.pull(&mut out).unwrap(), 200);
+        for (j, v) in out.iter().enumerate() {
+            let expected: u32 = (0..8).map(|t| 25 * ((j as u32 % 7) + t)).sum();
+            assert_eq!(*v, expected as f32, "index {j}");
+        }
+    }
+
+    #[test]
+    fn pulls_see_whole_commits_only() {
+        // Every commit adds 1 everywhere, so a consistent snapshot is constant and equals its clock.
+        let n = 5 * SHARD_LEN;
+        let centre = Arc::new(Centre::new(add(), &vec![0.0; n]).unwrap());
+        let writer = {
+            let centre = Arc::clone(&centre);
+            thread::spawn(move || {
+                let ones = vec![1.0; n];
+                for _ in 0..300 {
+                    centre.commit(&ones, 0, None, None, 0).unwrap();
+                }
+            })
+        };
+        let mut out = vec![0.0; n];
+        for _ in 0..300 {
+            let clock = centre.pull(&mut out).unwrap();
+            assert!(out.iter().all(|&v| v == clock as f32), "torn snapshot at clock {clock}");
+        }
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn dynsgd_scales_by_staleness() {
+        let centre = Centre::new(Rule::DynSgd, &[0.0; 4]).unwrap();
+        let a = centre.commit(&[4.0; 4], 0, None, None, 0).unwrap();
+        assert_eq!(a, Applied { clock: 1, staleness: 0 });
+        let b = centre.commit(&[4.0; 4], 0, None, None, 1).unwrap();
+        assert_eq!(b, Applied { clock: 2, staleness: 1 });
+        let mut out = [0.0; 4];
+        centre.pull(&mut out).unwrap();
+        assert_eq!(out, [6.0; 4]);
+    }
+
+    #[test]
+    fn invalid_commits_change_nothing() {
+        let centre = Centre::new(add(), &[1.0; 3]).unwrap();
+        assert!(centre.commit(&[1.0, f32::NAN, 1.0], 0, None, None, 0).is_err());
+        assert!(centre.commit(&[1.0; 2], 0, None, None, 0).is_err());
+        assert!(centre.commit(&[1.0; 3], 5, None, None, 0).is_err());
+        let mut out = [0.0; 3];
+        assert_eq!(centre.pull(&mut out).unwrap(), 0);
+        assert_eq!(out, [1.0; 3]);
+    }
+
+    #[test]
+    fn sync_round_waits_for_every_worker_and_resets() {
+        let centre = Arc::new(Centre::new(Rule::Sync { workers: 3, scale: 1.0 }, &[0.0; 5]).unwrap());
+        for round in 1..=2u64 {
+            let handles: Vec<_> = (0..3u32)
+                .map(|w| {
+                    let centre = Arc::clone(&centre);
+                    thread::spawn(move || {
+                        let mut reply = [0.0; 5];
+                        let applied = centre.commit(&[(w + 1) as f32; 5], 0, None, Some(&mut reply), w).unwrap();
+                        (applied, reply)
+                    })
+                })
+                .collect();
+            for h in handles {
+                let (applied, reply) = h.join().unwrap();
+                assert_eq!(applied.clock, round);
+                assert_eq!(reply, [6.0 * round as f32; 5]);
+            }
+        }
+    }
+
+    #[test]
+    fn sync_refuses_a_second_commit_in_one_round() {
+        let centre = Arc::new(Centre::new(Rule::Sync { workers: 2, scale: 1.0 }, &[0.0; 2]).unwrap());
+        let first = {
+            let centre = Arc::clone(&centre);
+            thread::spawn(move || centre.commit(&[1.0; 2], 0, None, Some(&mut [0.0; 2]), 0))
+        };
+        while centre.rounds.as_ref().unwrap().state.lock().joined.is_empty() {
+            thread::yield_now();
+        }
+        let again = centre.commit(&[1.0; 2], 0, None, Some(&mut [0.0; 2]), 0).unwrap_err();
+        assert!(again.to_string().contains("already committed"), "{again}");
+        centre.close();
+        assert!(matches!(first.join().unwrap(), Err(Error::Closed(_))));
+    }
+}

@@ -1,0 +1,231 @@
+//! The worker's side of the protocol: a blocking TCP client that pulls into and commits from
+//! caller-owned buffers without intermediate copies.
+
+use std::io;
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use crate::centre::Applied;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::protocol::{self as p, Op};
+use crate::server::resolve;
+
+pub struct Client {
+    stream: TcpStream,
+    worker_id: u32,
+    num_params: usize,
+    replies_with_vector: bool,
+    rule_code: u8,
+    seq: u64,
+    last_pull_clock: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// A lost connection reads as `Closed`, whatever the OS called it.
+fn lost(err: Error) -> Error {
+    match err {
+        Error::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Error::Closed(format!("connection to the parameter server was lost ({e})"))
+        }
+        other => other,
+    }
+}
+
+impl Client {
+    /// Connects to `addr` ("host:port"), authenticates with `secret` and checks `layout`.
+    /// `timeout` bounds the connect and every later read or write (`None`: wait as long as needed).
+    pub fn connect(
+        addr: &str,
+        secret: &[u8],
+        layout: &Layout,
+        worker_id: u32,
+        attempt: u32,
+        connect_timeout: Duration,
+        timeout: Option<Duration>,
+    ) -> Result<Client> {
+        let sock = resolve(addr)?;
+        let stream = TcpStream::connect_timeout(&sock, connect_timeout).map_err(|e| {
+            Error::Io(io::Error::new(e.kind(), format!("cannot reach the parameter server at {addr}: {e}")))
+        })?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(connect_timeout))?;
+        stream.set_write_timeout(Some(connect_timeout))?;
+        let mut client = Client {
+            stream,
+            worker_id,
+            num_params: layout.num_params(),
+            replies_with_vector: false,
+            rule_code: 0,
+            seq: 0,
+            last_pull_clock: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        client.handshake(secret, layout, attempt).map_err(lost)?;
+        client.stream.set_read_timeout(timeout)?;
+        client.stream.set_write_timeout(timeout)?;
+        Ok(client)
+    }
+
+    fn handshake(&mut self, secret: &[u8], layout: &Layout, attempt: u32) -> Result<()> {
+        let challenge = self.read_small_frame()?;
+        if challenge.0 != Op::Challenge || challenge.1.len() != p::NONCE_LEN {
+            return Err(Error::protocol("the server did not start with a challenge"));
+        }
+        let server_nonce: [u8; p::NONCE_LEN] = challenge.1[..].try_into().expect("checked length");
+        let mut hello = p::Hello {
+            worker_id: self.worker_id,
+            attempt,
+            client_nonce: p::nonce()?,
+            layout_hash: *layout.hash(),
+            mac: [0; p::MAC_LEN],
+        };
+        hello.mac = p::hello_mac(secret, &server_nonce, &hello);
+        self.send(Op::Hello, &hello.encode(), &[])?;
+        let (op, payload) = self.read_small_frame()?;
+        if op != Op::Welcome {
+            return Err(Error::protocol(format!("expected welcome, got {op:?}")));
+        }
+        let welcome = p::Welcome::decode(&payload)?;
+        if !p::verify_welcome(secret, &hello.client_nonce, &server_nonce, &welcome.mac) {
+            return Err(Error::Authentication("the server could not prove it holds this run's secret".into()));
+        }
+        if welcome.num_params != self.num_params as u64 {
+            return Err(Error::LayoutMismatch(format!(
+                "the server holds {} parameters, this worker {}",
+                welcome.num_params, self.num_params
+            )));
+        }
+        self.rule_code = welcome.rule_code;
+        self.replies_with_vector = matches!(welcome.rule_code, 4 | 5);
+        self.last_pull_clock = welcome.clock;
+        Ok(())
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.num_params
+    }
+    pub fn worker_id(&self) -> u32 {
+        self.worker_id
+    }
+    /// Whether a commit reply carries a vector (elastic `E`, or the new centre of a sync round).
+    pub fn replies_with_vector(&self) -> bool {
+        self.replies_with_vector
+    }
+    pub fn rule_code(&self) -> u8 {
+        self.rule_code
+    }
+    pub fn last_pull_clock(&self) -> u64 {
+        self.last_pull_clock
+    }
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    fn send(&mut self, op: Op, head: &[u8], values: &[f32]) -> Result<()> {
+        self.bytes_out += p::write_frame(&mut self.stream, op, head, values)?;
+        Ok(())
+    }
+
+    fn read_small_frame(&mut self) -> Result<(Op, Vec<u8>)> {
+        let h = p::read_header(&mut self.stream, p::SMALL_FRAME)?;
+        let payload = p::read_small(&mut self.stream, h.len)?;
+        self.bytes_in += p::HEADER_LEN as u64 + h.len;
+        if h.op == Op::Error {
+            return Err(p::decode_error(&payload));
+        }
+        Ok((h.op, payload))
+    }
+
+    /// Reads the reply to a request: `expected` with a `head`-sized prefix and an optional vector.
+    fn read_reply(&mut self, expected: Op, head: &mut [u8], values: Option<&mut [f32]>) -> Result<()> {
+        let vector_len = values.as_ref().map_or(0, |v| 4 * v.len());
+        let h = p::read_header(&mut self.stream, (head.len() + vector_len).max(p::SMALL_FRAME as usize) as u64)?;
+        if h.op == Op::Error && h.len <= p::SMALL_FRAME {
+            let payload = p::read_small(&mut self.stream, h.len)?;
+            self.bytes_in += p::HEADER_LEN as u64 + h.len;
+            return Err(p::decode_error(&payload));
+        }
+        if h.op != expected || h.len != (head.len() + vector_len) as u64 {
+            return Err(Error::protocol(format!("expected a {expected:?} reply, got {:?} of {} bytes", h.op, h.len)));
+        }
+        p::read_payload(&mut self.stream, head, values.unwrap_or(&mut []))?;
+        self.bytes_in += p::HEADER_LEN as u64 + h.len;
+        Ok(())
+    }
+
+    fn check_len(&self, what: &str, len: usize) -> Result<()> {
+        if len != self.num_params {
+            return Err(Error::invalid(format!("{what} has {len} values, the model has {}", self.num_params)));
+        }
+        Ok(())
+    }
+
+    /// Fetches the centre into `out` and returns its clock.
+    pub fn pull(&mut self, out: &mut [f32]) -> Result<u64> {
+        self.check_len("pull buffer", out.len())?;
+        self.send(Op::Pull, &[], &[]).map_err(lost)?;
+        let mut head = [0u8; 8];
+        self.read_reply(Op::Centre, &mut head, Some(out)).map_err(lost)?;
+        self.last_pull_clock = u64::from_le_bytes(head);
+        Ok(self.last_pull_clock)
+    }
+
+    /// Sends `delta` (stamped with the clock of the last pull and the next sequence number).
+    /// Rules that answer with a vector write it into `reply`.
+    pub fn commit(&mut self, delta: &[f32], reply: Option<&mut [f32]>) -> Result<Applied> {
+        self.check_len("commit", delta.len())?;
+        let reply = match (self.replies_with_vector, reply) {
+            (true, Some(r)) => {
+                self.check_len("reply buffer", r.len())?;
+                Some(r)
+            }
+            (true, None) => {
+                return Err(Error::invalid("this server's rule answers commits with a vector: pass a reply buffer"))
+            }
+            (false, _) => None,
+        };
+        self.seq += 1;
+        let head = p::encode_commit_head(self.worker_id, self.seq, self.last_pull_clock);
+        self.send(Op::Commit, &head, delta).map_err(lost)?;
+        let mut reply_head = [0u8; 16];
+        self.read_reply(Op::Committed, &mut reply_head, reply).map_err(lost)?;
+        let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
+        let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
+        if self.rule_code == 5 {
+            self.last_pull_clock = clock; // a sync reply is the new centre
+        }
+        Ok(Applied { clock, staleness })
+    }
+
+    /// The server's counters, named as in `protocol::STATS_FIELDS`.
+    pub fn stats(&mut self) -> Result<Vec<(&'static str, u64)>> {
+        self.send(Op::Stats, &[], &[]).map_err(lost)?;
+        let mut payload = [0u8; 8 * p::STATS_FIELDS.len()];
+        self.read_reply(Op::StatsReply, &mut payload, None).map_err(lost)?;
+        Ok(p::STATS_FIELDS
+            .iter()
+            .zip(payload.chunks_exact(8))
+            .map(|(name, v)| (*name, u64::from_le_bytes(v.try_into().expect("8 bytes"))))
+            .collect())
+    }
+
+    /// Says goodbye and closes the connection.
+    pub fn close(&mut self) {
+        let _ = self.send(Op::Bye, &[], &[]);
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}

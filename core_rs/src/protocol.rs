@@ -1,0 +1,417 @@
+//! The wire protocol: length-prefixed binary frames, little-endian.
+//!
+//! Every frame is a 16-byte header — magic `DKPS`, version, op, two reserved zero bytes and a
+//! u64 payload length — followed by the payload. The server greets each connection with a
+//! challenge; the worker proves it holds the run's secret with an HMAC-SHA256 over both nonces,
+//! its identity and its layout hash, and the server proves the same back. See `docs/protocol.md`.
+
+use std::io::{Read, Write};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+
+#[cfg(target_endian = "big")]
+compile_error!("the wire format reads float32 payloads in place and assumes a little-endian host");
+
+pub const MAGIC: [u8; 4] = *b"DKPS";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 16;
+pub const NONCE_LEN: usize = 32;
+pub const MAC_LEN: usize = 32;
+/// Largest frame allowed before authentication (and for any frame without a vector).
+pub const SMALL_FRAME: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Challenge = 1,
+    Hello = 2,
+    Welcome = 3,
+    Error = 4,
+    Pull = 5,
+    Centre = 6,
+    Commit = 7,
+    Committed = 8,
+    Stats = 9,
+    StatsReply = 10,
+    Bye = 11,
+}
+
+impl Op {
+    pub fn from_u8(v: u8) -> Option<Op> {
+        use Op::*;
+        [Challenge, Hello, Welcome, Error, Pull, Centre, Commit, Committed, Stats, StatsReply, Bye]
+            .into_iter()
+            .find(|op| *op as u8 == v)
+    }
+}
+
+/// Error codes carried by an `Error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    Authentication = 1,
+    LayoutMismatch = 2,
+    Protocol = 3,
+    Rejected = 4,
+    Closed = 5,
+}
+
+impl ErrorCode {
+    pub fn of(err: &Error) -> ErrorCode {
+        match err {
+            Error::Authentication(_) => ErrorCode::Authentication,
+            Error::LayoutMismatch(_) => ErrorCode::LayoutMismatch,
+            Error::Rejected(_) | Error::InvalidArgument(_) => ErrorCode::Rejected,
+            Error::Closed(_) => ErrorCode::Closed,
+            Error::Protocol(_) | Error::Io(_) => ErrorCode::Protocol,
+        }
+    }
+
+    /// The error a client raises for an `Error` frame from the server.
+    pub fn into_error(code: u16, message: String) -> Error {
+        match code {
+            1 => Error::Authentication(message),
+            2 => Error::LayoutMismatch(message),
+            4 => Error::Rejected(message),
+            5 => Error::Closed(message),
+            _ => Error::Protocol(message),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub op: Op,
+    pub len: u64,
+}
+
+pub fn encode_header(op: Op, len: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4] = VERSION;
+    h[5] = op as u8;
+    h[8..].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Parses and bounds-checks a header; `max_len` is the largest payload the reader will accept.
+pub fn decode_header(bytes: &[u8; HEADER_LEN], max_len: u64) -> Result<Header> {
+    if bytes[..4] != MAGIC {
+        return Err(Error::protocol("bad magic: not a distkeras-plus frame"));
+    }
+    if bytes[4] != VERSION {
+        return Err(Error::protocol(format!(
+            "protocol version {} is not supported (this side speaks {VERSION})",
+            bytes[4]
+        )));
+    }
+    let op = Op::from_u8(bytes[5]).ok_or_else(|| Error::protocol(format!("unknown op {}", bytes[5])))?;
+    if bytes[6] != 0 || bytes[7] != 0 {
+        return Err(Error::protocol("reserved header bytes must be zero"));
+    }
+    let len = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+    if len > max_len {
+        return Err(Error::protocol(format!("{op:?} frame of {len} bytes exceeds the limit of {max_len}")));
+    }
+    Ok(Header { op, len })
+}
+
+pub fn read_header(r: &mut impl Read, max_len: u64) -> Result<Header> {
+    let mut h = [0u8; HEADER_LEN];
+    r.read_exact(&mut h)?;
+    decode_header(&h, max_len)
+}
+
+/// Writes a frame whose payload is `head` followed by the raw bytes of `values`.
+pub fn write_frame(w: &mut impl Write, op: Op, head: &[u8], values: &[f32]) -> Result<u64> {
+    let body: &[u8] = bytemuck::cast_slice(values);
+    let len = (head.len() + body.len()) as u64;
+    let mut first = Vec::with_capacity(HEADER_LEN + head.len());
+    first.extend_from_slice(&encode_header(op, len));
+    first.extend_from_slice(head);
+    w.write_all(&first)?;
+    if !body.is_empty() {
+        w.write_all(body)?;
+    }
+    Ok(HEADER_LEN as u64 + len)
+}
+
+/// Reads `len` payload bytes into `head` and then straight into `values` (no intermediate copy).
+pub fn read_payload(r: &mut impl Read, head: &mut [u8], values: &mut [f32]) -> Result<()> {
+    r.read_exact(head)?;
+    r.read_exact(bytemuck::cast_slice_mut(values))?;
+    Ok(())
+}
+
+pub fn read_small(r: &mut impl Read, len: u64) -> Result<Vec<u8>> {
+    debug_assert!(len <= SMALL_FRAME);
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+pub fn error_payload(code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut msg = message.as_bytes();
+    msg = &msg[..msg.len().min(SMALL_FRAME as usize - 2)];
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&(code as u16).to_le_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+pub fn decode_error(payload: &[u8]) -> Error {
+    if payload.len() < 2 {
+        return Error::protocol("malformed error frame from the server");
+    }
+    let code = u16::from_le_bytes([payload[0], payload[1]]);
+    ErrorCode::into_error(code, String::from_utf8_lossy(&payload[2..]).into_owned())
+}
+
+/// A little-endian cursor over a small payload; every read is bounds-checked.
+pub struct Fields<'a>(pub &'a [u8]);
+
+impl Fields<'_> {
+    pub fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(Error::protocol("frame payload is shorter than its fields"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+    pub fn finish(&self) -> Result<()> {
+        if !self.0.is_empty() {
+            return Err(Error::protocol("frame payload is longer than its fields"));
+        }
+        Ok(())
+    }
+}
+
+// ---- Handshake messages ----
+
+/// Worker -> server, answering the challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub worker_id: u32,
+    pub attempt: u32,
+    pub client_nonce: [u8; NONCE_LEN],
+    pub layout_hash: [u8; 32],
+    pub mac: [u8; MAC_LEN],
+}
+
+pub const HELLO_LEN: u64 = 4 + 4 + NONCE_LEN as u64 + 32 + MAC_LEN as u64;
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HELLO_LEN as usize);
+        out.extend_from_slice(&self.worker_id.to_le_bytes());
+        out.extend_from_slice(&self.attempt.to_le_bytes());
+        out.extend_from_slice(&self.client_nonce);
+        out.extend_from_slice(&self.layout_hash);
+        out.extend_from_slice(&self.mac);
+        out
+    }
+    pub fn decode(payload: &[u8]) -> Result<Hello> {
+        let mut f = Fields(payload);
+        let hello = Hello {
+            worker_id: f.u32()?,
+            attempt: f.u32()?,
+            client_nonce: f.array()?,
+            layout_hash: f.array()?,
+            mac: f.array()?,
+        };
+        f.finish()?;
+        Ok(hello)
+    }
+}
+
+/// Server -> worker after a good hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub mac: [u8; MAC_LEN],
+    pub num_params: u64,
+    pub clock: u64,
+    pub rule_code: u8,
+}
+
+pub const WELCOME_LEN: u64 = MAC_LEN as u64 + 8 + 8 + 8;
+
+impl Welcome {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(WELCOME_LEN as usize);
+        out.extend_from_slice(&self.mac);
+        out.extend_from_slice(&self.num_params.to_le_bytes());
+        out.extend_from_slice(&self.clock.to_le_bytes());
+        out.extend_from_slice(&[self.rule_code, 0, 0, 0, 0, 0, 0, 0]);
+        out
+    }
+    pub fn decode(payload: &[u8]) -> Result<Welcome> {
+        let mut f = Fields(payload);
+        let w = Welcome { mac: f.array()?, num_params: f.u64()?, clock: f.u64()?, rule_code: f.array::<8>()?[0] };
+        f.finish()?;
+        Ok(w)
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac_over(secret: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
+
+fn hello_parts<'a>(
+    server_nonce: &'a [u8; NONCE_LEN],
+    ids: &'a [u8; 8],
+    client_nonce: &'a [u8; NONCE_LEN],
+    layout_hash: &'a [u8; 32],
+) -> [&'a [u8]; 5] {
+    [b"distkeras-plus hello v1", server_nonce, ids, client_nonce, layout_hash]
+}
+
+fn ids(worker_id: u32, attempt: u32) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&worker_id.to_le_bytes());
+    out[4..].copy_from_slice(&attempt.to_le_bytes());
+    out
+}
+
+pub fn hello_mac(secret: &[u8], server_nonce: &[u8; NONCE_LEN], hello: &Hello) -> [u8; MAC_LEN] {
+    let ids = ids(hello.worker_id, hello.attempt);
+    let parts = hello_parts(server_nonce, &ids, &hello.client_nonce, &hello.layout_hash);
+    mac_over(secret, &parts).finalize().into_bytes().into()
+}
+
+/// Constant-time check of a worker's hello MAC.
+pub fn verify_hello(secret: &[u8], server_nonce: &[u8; NONCE_LEN], hello: &Hello) -> bool {
+    let ids = ids(hello.worker_id, hello.attempt);
+    let parts = hello_parts(server_nonce, &ids, &hello.client_nonce, &hello.layout_hash);
+    mac_over(secret, &parts).verify_slice(&hello.mac).is_ok()
+}
+
+fn welcome_parts<'a>(client_nonce: &'a [u8; NONCE_LEN], server_nonce: &'a [u8; NONCE_LEN]) -> [&'a [u8]; 3] {
+    [b"distkeras-plus welcome v1", client_nonce, server_nonce]
+}
+
+pub fn welcome_mac(secret: &[u8], client_nonce: &[u8; NONCE_LEN], server_nonce: &[u8; NONCE_LEN]) -> [u8; MAC_LEN] {
+    mac_over(secret, &welcome_parts(client_nonce, server_nonce)).finalize().into_bytes().into()
+}
+
+/// Constant-time check, on the worker, that the server holds the secret too.
+pub fn verify_welcome(
+    secret: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    mac: &[u8; MAC_LEN],
+) -> bool {
+    mac_over(secret, &welcome_parts(client_nonce, server_nonce)).verify_slice(mac).is_ok()
+}
+
+pub fn nonce() -> Result<[u8; NONCE_LEN]> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok(n)
+}
+
+/// Fixed prefix of a commit payload, before the float32 vector.
+pub const COMMIT_HEAD_LEN: usize = 24;
+
+pub fn encode_commit_head(worker_id: u32, seq: u64, last_pull_clock: u64) -> [u8; COMMIT_HEAD_LEN] {
+    let mut h = [0u8; COMMIT_HEAD_LEN];
+    h[..4].copy_from_slice(&worker_id.to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..].copy_from_slice(&last_pull_clock.to_le_bytes());
+    h
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitHead {
+    pub worker_id: u32,
+    pub seq: u64,
+    pub last_pull_clock: u64,
+}
+
+pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
+    let mut f = Fields(h);
+    let worker_id = f.u32()?;
+    if f.u32()? != 0 {
+        return Err(Error::protocol("reserved commit bytes must be zero"));
+    }
+    Ok(CommitHead { worker_id, seq: f.u64()?, last_pull_clock: f.u64()? })
+}
+
+/// Server statistics as sent in a `StatsReply` frame: fixed u64 fields, in this order.
+pub const STATS_FIELDS: [&str; 7] =
+    ["clock", "commits", "rejected", "pulls", "bytes_in", "bytes_out", "workers_connected"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_bounds() {
+        let h = encode_header(Op::Commit, 1234);
+        assert_eq!(decode_header(&h, 1234).unwrap(), Header { op: Op::Commit, len: 1234 });
+        assert!(decode_header(&h, 1233).unwrap_err().to_string().contains("exceeds"));
+        let mut bad = h;
+        bad[0] = b'X';
+        assert!(decode_header(&bad, u64::MAX).is_err());
+        let mut bad = h;
+        bad[4] = 9;
+        assert!(decode_header(&bad, u64::MAX).unwrap_err().to_string().contains("version"));
+        let mut bad = h;
+        bad[5] = 200;
+        assert!(decode_header(&bad, u64::MAX).unwrap_err().to_string().contains("unknown op"));
+        let mut bad = h;
+        bad[7] = 1;
+        assert!(decode_header(&bad, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn hello_mac_binds_every_field() {
+        let secret = b"run secret";
+        let server_nonce = [7u8; NONCE_LEN];
+        let mut hello =
+            Hello { worker_id: 3, attempt: 1, client_nonce: [9; NONCE_LEN], layout_hash: [1; 32], mac: [0; 32] };
+        hello.mac = hello_mac(secret, &server_nonce, &hello);
+        assert!(verify_hello(secret, &server_nonce, &hello));
+        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+        assert!(!verify_hello(b"other secret", &server_nonce, &hello));
+        assert!(!verify_hello(secret, &[8u8; NONCE_LEN], &hello));
+        for tamper in [
+            |h: &mut Hello| h.worker_id = 4,
+            |h: &mut Hello| h.attempt = 2,
+            |h: &mut Hello| h.layout_hash[0] ^= 1,
+            |h: &mut Hello| h.client_nonce[5] ^= 1,
+        ] {
+            let mut t = hello.clone();
+            tamper(&mut t);
+            assert!(!verify_hello(secret, &server_nonce, &t));
+        }
+        assert!(Hello::decode(&hello.encode()[1..]).is_err());
+    }
+
+    #[test]
+    fn welcome_mac_checks_the_server() {
+        let (c, s) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let mac = welcome_mac(b"k", &c, &s);
+        assert!(verify_welcome(b"k", &c, &s, &mac));
+        assert!(!verify_welcome(b"j", &c, &s, &mac));
+        assert!(!verify_welcome(b"k", &s, &c, &mac));
+    }
+}

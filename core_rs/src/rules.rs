@@ -1,0 +1,201 @@
+//! Update rules: how a commit changes the centre variable. Chosen by data (a name and numeric
+//! parameters), applied here in Rust; the formulas are those of `docs/algorithms.md`.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// `C += scale * D` (DOWNPOUR, ADAG, and the elastic commits of AEASGD/EAMSGD computed by the worker).
+    Add { scale: f32 },
+    /// `C += D / (tau + 1)` with `tau` the commit's staleness (DynSGD).
+    DynSgd,
+    /// `C += D / ((C - Cs)^2 / gamma + 1)` elementwise, `Cs` the centre last sent to the worker.
+    Adaptive { gamma: f32 },
+    /// The worker sends its weights `W`; the server computes `E = alpha * (W - C)` against the
+    /// current centre, applies `C += E` and replies with `E` so the worker can do `W -= E`.
+    Elastic { alpha: f32 },
+    /// Synchronous rounds: wait for `workers` commits, then `C += scale * sum(D_i)`; every worker
+    /// gets the new centre back. EASGD: `D_i = E_i`, scale 1; model averaging: `D_i = W_i - C`, scale 1/n.
+    Sync { workers: u32, scale: f32 },
+}
+
+/// The rule names and their parameters, for error messages and `dk` help.
+pub const RULE_NAMES: &str = "add(scale=1), dynsgd, adaptive(gamma=1e-4), elastic(alpha), sync(workers, scale=1)";
+
+impl Rule {
+    /// Builds a rule from its name and parameters; an unknown name, an unknown or missing parameter,
+    /// or a value out of range is an error naming what is valid.
+    pub fn parse(name: &str, params: &[(&str, f64)]) -> Result<Rule> {
+        let allowed: &[&str] = match name {
+            "add" => &["scale"],
+            "dynsgd" => &[],
+            "adaptive" => &["gamma"],
+            "elastic" => &["alpha"],
+            "sync" => &["workers", "scale"],
+            _ => return Err(Error::invalid(format!("unknown update rule {name:?}; valid rules: {RULE_NAMES}"))),
+        };
+        for (key, value) in params {
+            if !allowed.contains(key) {
+                return Err(Error::invalid(format!(
+                    "rule {name:?} has no parameter {key:?}; its parameters: {}",
+                    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                )));
+            }
+            if !value.is_finite() {
+                return Err(Error::invalid(format!("rule parameter {key} must be finite, got {value}")));
+            }
+        }
+        let get = |key: &str| params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let positive = |key: &str, default: Option<f64>| -> Result<f32> {
+            let v = get(key)
+                .or(default)
+                .ok_or_else(|| Error::invalid(format!("rule {name:?} needs parameter {key:?}")))?;
+            if v <= 0.0 {
+                return Err(Error::invalid(format!("rule parameter {key} must be > 0, got {v}")));
+            }
+            Ok(v as f32)
+        };
+        Ok(match name {
+            "add" => Rule::Add { scale: positive("scale", Some(1.0))? },
+            "dynsgd" => Rule::DynSgd,
+            "adaptive" => Rule::Adaptive { gamma: positive("gamma", Some(1e-4))? },
+            "elastic" => Rule::Elastic { alpha: positive("alpha", None)? },
+            _ => {
+                let workers = positive("workers", None)? as f64;
+                if workers.fract() != 0.0 || workers > 65_536.0 {
+                    return Err(Error::invalid(format!(
+                        "rule parameter workers must be a whole number of workers, got {workers}"
+                    )));
+                }
+                Rule::Sync { workers: workers as u32, scale: positive("scale", Some(1.0))? }
+            }
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Add { .. } => "add",
+            Rule::DynSgd => "dynsgd",
+            Rule::Adaptive { .. } => "adaptive",
+            Rule::Elastic { .. } => "elastic",
+            Rule::Sync { .. } => "sync",
+        }
+    }
+
+    pub fn params(&self) -> Vec<(&'static str, f64)> {
+        match *self {
+            Rule::Add { scale } => vec![("scale", scale as f64)],
+            Rule::DynSgd => vec![],
+            Rule::Adaptive { gamma } => vec![("gamma", gamma as f64)],
+            Rule::Elastic { alpha } => vec![("alpha", alpha as f64)],
+            Rule::Sync { workers, scale } => vec![("workers", workers as f64), ("scale", scale as f64)],
+        }
+    }
+
+    /// Whether the server answers a commit with a vector (elastic: `E`; sync: the new centre).
+    pub fn replies_with_vector(&self) -> bool {
+        matches!(self, Rule::Elastic { .. } | Rule::Sync { .. })
+    }
+
+    /// Wire code sent in the handshake, so a client knows what a commit reply carries.
+    pub fn code(&self) -> u8 {
+        match self {
+            Rule::Add { .. } => 1,
+            Rule::DynSgd => 2,
+            Rule::Adaptive { .. } => 3,
+            Rule::Elastic { .. } => 4,
+            Rule::Sync { .. } => 5,
+        }
+    }
+}
+
+// Kernels over one shard. Plain loops over zipped slices: the compiler vectorises them.
+
+pub fn add_scaled(centre: &mut [f32], delta: &[f32], scale: f32) {
+    if scale == 1.0 {
+        for (c, d) in centre.iter_mut().zip(delta) {
+            *c += *d;
+        }
+    } else {
+        for (c, d) in centre.iter_mut().zip(delta) {
+            *c += scale * *d;
+        }
+    }
+}
+
+pub fn adaptive(centre: &mut [f32], delta: &[f32], sent: &[f32], gamma: f32) {
+    let inv_gamma = 1.0 / gamma;
+    for ((c, d), s) in centre.iter_mut().zip(delta).zip(sent) {
+        let drift = *c - *s;
+        *c += *d / (drift * drift * inv_gamma + 1.0);
+    }
+}
+
+pub fn elastic(centre: &mut [f32], weights: &[f32], out: &mut [f32], alpha: f32) {
+    for ((c, w), e) in centre.iter_mut().zip(weights).zip(out.iter_mut()) {
+        let step = alpha * (*w - *c);
+        *c += step;
+        *e = step;
+    }
+}
+
+/// True when every value is finite; a NaN or infinity in a commit would poison the centre for all.
+pub fn all_finite(values: &[f32]) -> bool {
+    // Branch-free integer test per chunk so it vectorises: an all-ones exponent is NaN or infinity.
+    const EXP: u32 = 0x7f80_0000;
+    values
+        .chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u32, |acc, x| acc | u32::from(x.to_bits() & EXP == EXP)) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_defaults_and_errors() {
+        assert_eq!(Rule::parse("add", &[]).unwrap(), Rule::Add { scale: 1.0 });
+        assert_eq!(Rule::parse("adaptive", &[]).unwrap(), Rule::Adaptive { gamma: 1e-4 });
+        assert_eq!(
+            Rule::parse("sync", &[("workers", 3.0), ("scale", 0.5)]).unwrap(),
+            Rule::Sync { workers: 3, scale: 0.5 }
+        );
+        let unknown = Rule::parse("nesterov", &[]).unwrap_err().to_string();
+        assert!(unknown.contains("valid rules"), "{unknown}");
+        let bad_key = Rule::parse("add", &[("alpha", 1.0)]).unwrap_err().to_string();
+        assert!(bad_key.contains("scale"), "{bad_key}");
+        assert!(Rule::parse("elastic", &[]).is_err());
+        assert!(Rule::parse("sync", &[("workers", 2.5)]).is_err());
+        assert!(Rule::parse("add", &[("scale", f64::NAN)]).is_err());
+        assert!(Rule::parse("adaptive", &[("gamma", 0.0)]).is_err());
+    }
+
+    #[test]
+    fn finite_check() {
+        let mut v = vec![1.0f32; 5000];
+        assert!(all_finite(&v));
+        v[4321] = f32::NAN;
+        assert!(!all_finite(&v));
+        v[4321] = f32::NEG_INFINITY;
+        assert!(!all_finite(&v));
+        v[4321] = f32::MAX;
+        assert!(all_finite(&v));
+    }
+
+    #[test]
+    fn kernels_follow_their_formulas() {
+        let mut c = vec![1.0f32, 2.0, 3.0];
+        add_scaled(&mut c, &[1.0, 1.0, 1.0], 0.5);
+        assert_eq!(c, vec![1.5, 2.5, 3.5]);
+
+        let mut c = vec![1.0f32, 1.0];
+        adaptive(&mut c, &[1.0, 1.0], &[1.0, 0.0], 1.0);
+        assert_eq!(c, vec![2.0, 1.5]); // drift 0 -> full step; drift 1 -> half step
+
+        let mut c = vec![0.0f32, 4.0];
+        let mut e = vec![0.0f32; 2];
+        elastic(&mut c, &[2.0, 0.0], &mut e, 0.25);
+        assert_eq!(e, vec![0.5, -1.0]);
+        assert_eq!(c, vec![0.5, 3.0]);
+    }
+}

@@ -1,0 +1,420 @@
+//! The TCP parameter server: one acceptor thread and one thread per worker connection, all plain
+//! Rust (no Python objects), stopped cleanly by `Server::stop` or on drop.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::centre::{Applied, Centre};
+use crate::rules::Rule;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::protocol::{self as p, ErrorCode, Op};
+use crate::stats::{Counters, Snapshot};
+
+pub const MIN_SECRET_LEN: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub secret: Vec<u8>,
+    /// How long an unauthenticated connection may take to say hello.
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    pub fn new(host: impl Into<String>, port: u16, secret: Vec<u8>) -> Self {
+        ServerConfig {
+            host: host.into(),
+            port,
+            secret,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+struct Shared {
+    centre: Arc<Centre>,
+    layout: Layout,
+    secret: Vec<u8>,
+    handshake_timeout: Duration,
+    max_connections: usize,
+    stopping: AtomicBool,
+    counters: Counters,
+    /// Highest sequence number applied or in flight, per (worker, attempt): a replay is refused.
+    last_seq: Mutex<HashMap<(u32, u32), u64>>,
+    conns: Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    live: HashMap<u64, TcpStream>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `host:port` (port 0 picks a free one) and serves `centre` until stopped.
+    pub fn start(centre: Arc<Centre>, layout: Layout, config: ServerConfig) -> Result<Server> {
+        if layout.num_params() != centre.len() {
+            return Err(Error::invalid(format!(
+                "layout has {} parameters but the centre has {}",
+                layout.num_params(),
+                centre.len()
+            )));
+        }
+        if config.secret.len() < MIN_SECRET_LEN {
+            return Err(Error::invalid(format!("the run secret must be at least {MIN_SECRET_LEN} bytes")));
+        }
+        let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
+            Error::Io(io::Error::new(e.kind(), format!("cannot listen on {}:{}: {e}", config.host, config.port)))
+        })?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            centre,
+            layout,
+            secret: config.secret,
+            handshake_timeout: config.handshake_timeout,
+            max_connections: config.max_connections,
+            stopping: AtomicBool::new(false),
+            counters: Counters::default(),
+            last_seq: Mutex::new(HashMap::new()),
+            conns: Mutex::new(Connections::default()),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new().name("dk-ps-accept".into()).spawn(move || accept_loop(&shared, listener))?
+        };
+        Ok(Server { shared, addr, acceptor: Some(acceptor) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn centre(&self) -> &Arc<Centre> {
+        &self.shared.centre
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.shared.counters.snapshot(self.shared.centre.clock())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.acceptor.is_some()
+    }
+
+    /// Stops accepting, closes every connection and joins every thread. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(acceptor) = self.acceptor.take() else { return };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the acceptor out of accept(); it sees the flag and drops the listener.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        let _ = acceptor.join();
+        self.shared.centre.close();
+        let threads = {
+            let mut conns = self.shared.conns.lock();
+            for stream in conns.live.values() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            std::mem::take(&mut conns.threads)
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => [127, 0, 0, 1].into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(mut stream) = stream else {
+            // Out of file descriptors or a connection reset before accept: back off briefly.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        shared.counters.add(&shared.counters.connections, 1);
+        let mut conns = shared.conns.lock();
+        conns.threads.retain(|t| !t.is_finished());
+        if conns.live.len() >= shared.max_connections {
+            drop(conns);
+            let msg = p::error_payload(ErrorCode::Closed, "too many connections to the parameter server");
+            let _ = p::write_frame(&mut stream, Op::Error, &msg, &[]);
+            continue;
+        }
+        let id = conns.next_id;
+        conns.next_id += 1;
+        let Ok(clone) = stream.try_clone() else { continue };
+        conns.live.insert(id, clone);
+        let worker_shared = Arc::clone(shared);
+        let spawned = thread::Builder::new().name(format!("dk-ps-conn-{id}")).spawn(move || {
+            Session::new(&worker_shared, stream).run();
+            worker_shared.conns.lock().live.remove(&id);
+        });
+        match spawned {
+            Ok(t) => conns.threads.push(t),
+            Err(_) => {
+                conns.live.remove(&id);
+            }
+        }
+    }
+}
+
+/// What a connection's thread knows about its worker.
+struct Session<'a> {
+    shared: &'a Shared,
+    stream: TcpStream,
+    worker: Option<(u32, u32)>,
+    /// The centre as last sent to this worker (the `Cs` of the adaptive rule; reused as reply buffer).
+    sent: Vec<f32>,
+    pulled: bool,
+    received: Vec<f32>,
+}
+
+impl<'a> Session<'a> {
+    fn new(shared: &'a Shared, stream: TcpStream) -> Self {
+        Session { shared, stream, worker: None, sent: Vec::new(), pulled: false, received: Vec::new() }
+    }
+
+    fn run(mut self) {
+        let counters = &self.shared.counters;
+        let outcome = self.handshake().and_then(|()| {
+            let (worker, _) = self.worker.expect("set by handshake");
+            counters.worker_connected(worker, 1);
+            let served = self.serve();
+            counters.worker_connected(worker, -1);
+            served
+        });
+        if let Err(err) = outcome {
+            match &err {
+                Error::Io(_) => return, // the peer went away; nothing to tell it
+                Error::Authentication(_) => counters.add(&counters.auth_failures, 1),
+                Error::Protocol(_) | Error::LayoutMismatch(_) => counters.add(&counters.protocol_errors, 1),
+                _ => {}
+            }
+            self.send_error(&err);
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    fn send_error(&mut self, err: &Error) {
+        let msg = p::error_payload(ErrorCode::of(err), &err.to_string());
+        if let Ok(n) = p::write_frame(&mut self.stream, Op::Error, &msg, &[]) {
+            self.shared.counters.add(&self.shared.counters.bytes_out, n);
+        }
+    }
+
+    fn send(&mut self, op: Op, head: &[u8], values: &[f32]) -> Result<()> {
+        let n = p::write_frame(&mut self.stream, op, head, values)?;
+        self.shared.counters.add(&self.shared.counters.bytes_out, n);
+        Ok(())
+    }
+
+    fn handshake(&mut self) -> Result<()> {
+        let shared = self.shared;
+        self.stream.set_nodelay(true)?;
+        self.stream.set_read_timeout(Some(shared.handshake_timeout))?;
+        self.stream.set_write_timeout(Some(shared.handshake_timeout))?;
+        let server_nonce = p::nonce()?;
+        self.send(Op::Challenge, &server_nonce, &[])?;
+
+        let header = p::read_header(&mut self.stream, p::SMALL_FRAME)?;
+        if header.op != Op::Hello || header.len != p::HELLO_LEN {
+            return Err(Error::protocol(format!("expected a hello frame, got {:?} of {} bytes", header.op, header.len)));
+        }
+        let payload = p::read_small(&mut self.stream, header.len)?;
+        shared.counters.add(&shared.counters.bytes_in, p::HEADER_LEN as u64 + header.len);
+        let hello = p::Hello::decode(&payload)?;
+        if !p::verify_hello(&shared.secret, &server_nonce, &hello) {
+            return Err(Error::Authentication("the worker does not hold this run's secret".into()));
+        }
+        if &hello.layout_hash != shared.layout.hash() {
+            return Err(Error::LayoutMismatch(format!(
+                "the worker's weights do not match the server's ({})",
+                shared.layout.describe()
+            )));
+        }
+        let welcome = p::Welcome {
+            mac: p::welcome_mac(&shared.secret, &hello.client_nonce, &server_nonce),
+            num_params: shared.centre.len() as u64,
+            clock: shared.centre.clock(),
+            rule_code: shared.centre.rule().code(),
+        };
+        self.send(Op::Welcome, &welcome.encode(), &[])?;
+        // Authenticated: from here on a worker may legitimately think for a long time.
+        self.stream.set_read_timeout(None)?;
+        self.stream.set_write_timeout(None)?;
+        self.worker = Some((hello.worker_id, hello.attempt));
+        Ok(())
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        let n = self.shared.centre.len();
+        let max_frame = (p::COMMIT_HEAD_LEN + 4 * n) as u64;
+        loop {
+            let header = p::read_header(&mut self.stream, max_frame)?;
+            self.shared.counters.add(&self.shared.counters.bytes_in, p::HEADER_LEN as u64 + header.len);
+            let expect = |len: u64| {
+                if header.len == len {
+                    Ok(())
+                } else {
+                    Err(Error::protocol(format!(
+                        "{:?} frame must be {len} bytes, got {}",
+                        header.op, header.len
+                    )))
+                }
+            };
+            match header.op {
+                Op::Pull => {
+                    expect(0)?;
+                    self.pull()?;
+                }
+                Op::Commit => {
+                    expect(max_frame)?;
+                    self.commit()?;
+                }
+                Op::Stats => {
+                    expect(0)?;
+                    self.stats()?;
+                }
+                Op::Bye => {
+                    expect(0)?;
+                    return Ok(());
+                }
+                op => return Err(Error::protocol(format!("unexpected {op:?} frame from a worker"))),
+            }
+        }
+    }
+
+    fn pull(&mut self) -> Result<()> {
+        self.sent.resize(self.shared.centre.len(), 0.0);
+        let clock = self.shared.centre.pull(&mut self.sent)?;
+        self.pulled = true;
+        self.shared.counters.worker_pulled(self.worker.expect("authenticated").0);
+        let sent = std::mem::take(&mut self.sent);
+        let result = self.send(Op::Centre, &clock.to_le_bytes(), &sent);
+        self.sent = sent;
+        result
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let shared = self.shared;
+        let (worker, attempt) = self.worker.expect("authenticated");
+        let mut head = [0u8; p::COMMIT_HEAD_LEN];
+        self.received.resize(shared.centre.len(), 0.0);
+        // The whole frame is read before anything is checked or applied.
+        p::read_payload(&mut self.stream, &mut head, &mut self.received)?;
+        let head = p::decode_commit_head(&head)?;
+
+        let outcome = self.check_seq(worker, attempt, &head).and_then(|()| self.apply(worker, &head));
+        match outcome {
+            Ok(applied) => {
+                shared.counters.worker_committed(worker, applied.staleness);
+                let mut reply_head = [0u8; 16];
+                reply_head[..8].copy_from_slice(&applied.clock.to_le_bytes());
+                reply_head[8..].copy_from_slice(&applied.staleness.to_le_bytes());
+                let sent = std::mem::take(&mut self.sent);
+                let values: &[f32] = if shared.centre.rule().replies_with_vector() { &sent } else { &[] };
+                let result = self.send(Op::Committed, &reply_head, values);
+                self.sent = sent;
+                result
+            }
+            Err(err @ (Error::Rejected(_) | Error::InvalidArgument(_))) => {
+                shared.counters.add(&shared.counters.rejected, 1);
+                // The frame was read whole, so the stream is still in step: say why and go on.
+                self.send_error(&err);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn check_seq(&self, worker: u32, attempt: u32, head: &p::CommitHead) -> Result<()> {
+        if head.worker_id != worker {
+            return Err(Error::rejected(format!(
+                "commit names worker {} but this connection belongs to worker {worker}",
+                head.worker_id
+            )));
+        }
+        let mut seqs = self.shared.last_seq.lock();
+        let last = seqs.entry((worker, attempt)).or_insert(0);
+        if head.seq <= *last {
+            return Err(Error::rejected(format!(
+                "duplicate commit: worker {worker} attempt {attempt} already sent sequence {}",
+                *last
+            )));
+        }
+        *last = head.seq;
+        Ok(())
+    }
+
+    fn apply(&mut self, worker: u32, head: &p::CommitHead) -> Result<Applied> {
+        let centre = &self.shared.centre;
+        let rule = centre.rule();
+        if matches!(rule, Rule::Adaptive { .. }) && !self.pulled {
+            return Err(Error::rejected("the adaptive rule needs a pull before the first commit"));
+        }
+        let sent = self.pulled.then_some(&self.sent[..]);
+        if rule.replies_with_vector() {
+            let mut reply = std::mem::take(&mut self.sent);
+            reply.resize(centre.len(), 0.0);
+            let applied = centre.commit(&self.received, head.last_pull_clock, None, Some(&mut reply), worker);
+            self.sent = reply;
+            if matches!(rule, Rule::Sync { .. }) && applied.is_ok() {
+                self.pulled = true; // the reply is the new centre
+            }
+            applied
+        } else {
+            centre.commit(&self.received, head.last_pull_clock, sent, None, worker)
+        }
+    }
+
+    fn stats(&mut self) -> Result<()> {
+        let s = self.shared.counters.snapshot(self.shared.centre.clock());
+        let fields = [s.clock, s.commits, s.rejected, s.pulls, s.bytes_in, s.bytes_out, s.workers_connected()];
+        let payload: Vec<u8> = fields.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.send(Op::StatsReply, &payload, &[])
+    }
+}
+
+/// Resolves `host:port` text the way both the server and the client accept it.
+pub fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::invalid(format!("cannot resolve {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::invalid(format!("{addr:?} resolves to no address")))
+}

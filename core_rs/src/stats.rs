@@ -1,0 +1,106 @@
+//! Counters the server keeps while it runs: plain atomics and one small per-worker map.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+#[derive(Default)]
+pub struct Counters {
+    pub commits: AtomicU64,
+    pub rejected: AtomicU64,
+    pub pulls: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connections: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    workers: Mutex<BTreeMap<u32, WorkerStats>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkerStats {
+    pub connected: u32,
+    pub commits: u64,
+    pub pulls: u64,
+    pub last_staleness: u64,
+    pub max_staleness: u64,
+    pub staleness_sum: u64,
+}
+
+impl WorkerStats {
+    pub fn mean_staleness(&self) -> f64 {
+        if self.commits == 0 {
+            0.0
+        } else {
+            self.staleness_sum as f64 / self.commits as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub clock: u64,
+    pub commits: u64,
+    pub rejected: u64,
+    pub pulls: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections: u64,
+    pub auth_failures: u64,
+    pub protocol_errors: u64,
+    pub workers: BTreeMap<u32, WorkerStats>,
+}
+
+impl Snapshot {
+    pub fn workers_connected(&self) -> u64 {
+        self.workers.values().map(|w| u64::from(w.connected)).sum()
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn add(&self, counter: &AtomicU64, by: u64) {
+        bump(counter, by);
+    }
+
+    pub fn worker_connected(&self, worker: u32, delta: i32) {
+        let mut workers = self.workers.lock();
+        let w = workers.entry(worker).or_default();
+        w.connected = w.connected.saturating_add_signed(delta);
+    }
+
+    pub fn worker_pulled(&self, worker: u32) {
+        bump(&self.pulls, 1);
+        self.workers.lock().entry(worker).or_default().pulls += 1;
+    }
+
+    pub fn worker_committed(&self, worker: u32, staleness: u64) {
+        bump(&self.commits, 1);
+        let mut workers = self.workers.lock();
+        let w = workers.entry(worker).or_default();
+        w.commits += 1;
+        w.last_staleness = staleness;
+        w.max_staleness = w.max_staleness.max(staleness);
+        w.staleness_sum += staleness;
+    }
+
+    pub fn snapshot(&self, clock: u64) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            clock,
+            commits: get(&self.commits),
+            rejected: get(&self.rejected),
+            pulls: get(&self.pulls),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            connections: get(&self.connections),
+            auth_failures: get(&self.auth_failures),
+            protocol_errors: get(&self.protocol_errors),
+            workers: self.workers.lock().clone(),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The server and client together over loopback.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use distkeras_plus_core::protocol::{self as p, Op};
+use distkeras_plus_core::{Centre, Client, Error, Layout, Rule, Server, ServerConfig};
+
+const SECRET: &[u8] = b"0123456789abcdef-test-secret";
+
+fn start(rule: Rule, initial: &[f32]) -> (Server, Layout) {
+    let layout = Layout::flat(initial.len()).unwrap();
+    let centre = Arc::new(Centre::new(rule, initial).unwrap());
+    let server = Server::start(centre, layout.clone(), ServerConfig::new("127.0.0.1", 0, SECRET.to_vec())).unwrap();
+    (server, layout)
+}
+
+fn connect(server: &Server, layout: &Layout, worker: u32) -> Client {
+    Client::connect(&server.addr().to_string(), SECRET, layout, worker, 0, Duration::from_secs(5), None).unwrap()
+}
+
+#[test]
+fn pull_commit_and_stats() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[1.0, 2.0, 3.0]);
+    let mut c = connect(&server, &layout, 7);
+    let mut out = [0.0; 3];
+    assert_eq!(c.pull(&mut out).unwrap(), 0);
+    assert_eq!(out, [1.0, 2.0, 3.0]);
+    let applied = c.commit(&[0.5, 0.5, 0.5], None).unwrap();
+    assert_eq!((applied.clock, applied.staleness), (1, 0));
+    assert_eq!(c.pull(&mut out).unwrap(), 1);
+    assert_eq!(out, [1.5, 2.5, 3.5]);
+    let stats = c.stats().unwrap();
+    assert!(stats.contains(&("commits", 1)) && stats.contains(&("pulls", 2)), "{stats:?}");
+    let snap = server.stats();
+    assert_eq!(snap.workers[&7].commits, 1);
+    assert_eq!(snap.bytes_in, c.bytes_out());
+}
+
+#[test]
+fn staleness_is_counted_from_the_last_pull() {
+    let (server, layout) = start(Rule::DynSgd, &[0.0; 2]);
+    let (mut a, mut b) = (connect(&server, &layout, 0), connect(&server, &layout, 1));
+    let mut out = [0.0; 2];
+    a.pull(&mut out).unwrap();
+    b.pull(&mut out).unwrap();
+    assert_eq!(a.commit(&[2.0; 2], None).unwrap().staleness, 0);
+    assert_eq!(b.commit(&[2.0; 2], None).unwrap().staleness, 1);
+    a.pull(&mut out).unwrap();
+    assert_eq!(out, [3.0; 2]);
+}
+
+#[test]
+fn wrong_secret_and_wrong_layout_are_refused() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
+    let addr = server.addr().to_string();
+    let t = Duration::from_secs(5);
+    let wrong = Client::connect(&addr, b"not-the-secret-at-all", &layout, 0, 0, t, None);
+    assert!(matches!(wrong, Err(Error::Authentication(_))), "{:?}", wrong.err());
+    let other = Layout::new(vec![vec![2, 2]]).unwrap();
+    let mismatch = Client::connect(&addr, SECRET, &other, 0, 0, t, None);
+    assert!(matches!(mismatch, Err(Error::LayoutMismatch(_))), "{:?}", mismatch.err());
+    // The server goes on serving.
+    let mut ok = connect(&server, &layout, 1);
+    ok.commit(&[1.0; 4], None).unwrap();
+    assert_eq!(server.stats().auth_failures, 1);
+}
+
+#[test]
+fn duplicate_and_non_finite_commits_change_nothing() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 3]);
+    let mut c = connect(&server, &layout, 0);
+    let err = c.commit(&[1.0, f32::INFINITY, 1.0], None).unwrap_err();
+    assert!(matches!(err, Error::Rejected(_)), "{err}");
+    c.commit(&[1.0; 3], None).unwrap(); // the connection is still usable
+    let mut out = [0.0; 3];
+    c.pull(&mut out).unwrap();
+    assert_eq!(out, [1.0; 3]);
+    assert_eq!(server.stats().rejected, 1);
+}
+
+#[test]
+fn garbage_closes_only_its_own_connection() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 3]);
+    let mut good = connect(&server, &layout, 0);
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut challenge = [0u8; p::HEADER_LEN + p::NONCE_LEN];
+    raw.read_exact(&mut challenge).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert_eq!(&reply[..4], b"DKPS");
+    assert_eq!(reply[5], Op::Error as u8);
+    good.commit(&[1.0; 3], None).unwrap();
+    assert_eq!(server.stats().protocol_errors, 1);
+}
+
+#[test]
+fn many_threads_commit_exact_integer_sums() {
+    let n = 200_003;
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &vec![0.0; n]);
+    let workers: Vec<_> = (0..6u32)
+        .map(|w| {
+            let mut c = connect(&server, &layout, w);
+            thread::spawn(move || {
+                let delta: Vec<f32> = (0..n).map(|i| ((i as u32 + w) % 5) as f32).collect();
+                let mut out = vec![0.0; n];
+                for _ in 0..10 {
+                    c.pull(&mut out).unwrap();
+                    c.commit(&delta, None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut out = vec![0.0; n];
+    assert_eq!(server.centre().pull(&mut out).unwrap(), 60);
+    for (i, v) in out.iter().enumerate() {
+        let expected: u32 = (0..6).map(|w| 10 * ((i as u32 + w) % 5)).sum();
+        assert_eq!(*v, expected as f32);
+    }
+}
+
+#[test]
+fn stop_closes_everything_and_frees_the_port() {
+    let (mut server, layout) = start(Rule::Sync { workers: 2, scale: 1.0 }, &[0.0; 2]);
+    let addr = server.addr();
+    let mut waiting = connect(&server, &layout, 0);
+    let blocked = thread::spawn(move || waiting.commit(&[1.0; 2], Some(&mut [0.0; 2])));
+    thread::sleep(Duration::from_millis(100));
+    server.stop();
+    assert!(matches!(blocked.join().unwrap(), Err(Error::Closed(_))));
+    assert!(TcpStream::connect(addr).is_err());
+    let layout2 = Layout::flat(2).unwrap();
+    let centre = Arc::new(Centre::new(Rule::Add { scale: 1.0 }, &[0.0; 2]).unwrap());
+    let again = Server::start(centre, layout2, ServerConfig::new("127.0.0.1", addr.port(), SECRET.to_vec()));
+    assert!(again.is_ok(), "rebinding the same port failed: {:?}", again.err());
+}
