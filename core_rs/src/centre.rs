@@ -26,6 +26,27 @@ pub struct Applied {
     pub staleness: u64,
 }
 
+/// Commit values known to be finite: checked once, where it is cheapest (the server checks each
+/// chunk as it arrives from the socket, while it is still in cache).
+#[derive(Debug, Clone, Copy)]
+pub struct Finite<'a>(&'a [f32]);
+
+impl<'a> Finite<'a> {
+    pub fn check(values: &'a [f32]) -> Result<Self> {
+        if !rules::all_finite(values) {
+            return Err(Error::rejected(
+                "commit contains NaN or infinity; the centre is unchanged",
+            ));
+        }
+        Ok(Finite(values))
+    }
+
+    /// For values the caller has already checked; a NaN passed here would spread through the centre.
+    pub fn trusted(values: &'a [f32]) -> Self {
+        Finite(values)
+    }
+}
+
 pub struct Centre {
     rule: Rule,
     len: usize,
@@ -66,7 +87,10 @@ impl Centre {
             Rule::Sync { workers, scale } => Some(SyncRounds {
                 workers,
                 scale,
-                sum: split(&vec![0.0; initial.len()]).into_iter().map(Mutex::new).collect(),
+                sum: split(&vec![0.0; initial.len()])
+                    .into_iter()
+                    .map(Mutex::new)
+                    .collect(),
                 state: Mutex::new(RoundState::default()),
                 done: Condvar::new(),
             }),
@@ -106,7 +130,10 @@ impl Centre {
 
     fn check_len(&self, what: &str, got: usize) -> Result<()> {
         if got != self.len {
-            return Err(Error::invalid(format!("{what} has {got} values, the centre has {}", self.len)));
+            return Err(Error::invalid(format!(
+                "{what} has {got} values, the centre has {}",
+                self.len
+            )));
         }
         Ok(())
     }
@@ -131,19 +158,19 @@ impl Centre {
     /// (`elastic`) or the new centre (`sync`); `worker` identifies the contributor of a sync round.
     pub fn commit(
         &self,
-        delta: &[f32],
+        delta: Finite<'_>,
         last_pull_clock: u64,
         sent: Option<&[f32]>,
         reply: Option<&mut [f32]>,
         worker: u32,
     ) -> Result<Applied> {
+        let delta = delta.0;
         self.check_len("commit", delta.len())?;
-        if !rules::all_finite(delta) {
-            return Err(Error::rejected("commit contains NaN or infinity; the centre is unchanged"));
-        }
         match self.rule {
             Rule::Sync { .. } => {
-                let reply = reply.ok_or_else(|| Error::invalid("sync commits need a reply buffer for the new centre"))?;
+                let reply = reply.ok_or_else(|| {
+                    Error::invalid("sync commits need a reply buffer for the new centre")
+                })?;
                 self.check_len("reply buffer", reply.len())?;
                 self.commit_sync(delta, reply, worker)
             }
@@ -161,14 +188,17 @@ impl Centre {
     ) -> Result<Applied> {
         let sent = match rule {
             Rule::Adaptive { .. } => {
-                let s = sent.ok_or_else(|| Error::rejected("adaptive commits need a pull first"))?;
+                let s =
+                    sent.ok_or_else(|| Error::rejected("adaptive commits need a pull first"))?;
                 self.check_len("last pulled centre", s.len())?;
                 s
             }
             _ => &[],
         };
         if let Rule::Elastic { .. } = rule {
-            let r = reply.as_deref().ok_or_else(|| Error::invalid("elastic commits need a reply buffer"))?;
+            let r = reply
+                .as_deref()
+                .ok_or_else(|| Error::invalid("elastic commits need a reply buffer"))?;
             self.check_len("reply buffer", r.len())?;
         }
 
@@ -199,7 +229,10 @@ impl Centre {
                 Rule::Sync { .. } => unreachable!("sync commits take commit_sync"),
             }
         }
-        Ok(Applied { clock: now + 1, staleness })
+        Ok(Applied {
+            clock: now + 1,
+            staleness,
+        })
     }
 
     fn commit_sync(&self, delta: &[f32], reply: &mut [f32], worker: u32) -> Result<Applied> {
@@ -248,12 +281,17 @@ impl Centre {
         drop(st);
         // Nothing changes the centre until every worker, this one included, commits again.
         let clock = self.pull(reply)?;
-        Ok(Applied { clock, staleness: 0 })
+        Ok(Applied {
+            clock,
+            staleness: 0,
+        })
     }
 
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed("the parameter server is shutting down".into()));
+            return Err(Error::Closed(
+                "the parameter server is shutting down".into(),
+            ));
         }
         Ok(())
     }
@@ -279,7 +317,9 @@ mod tests {
                 thread::spawn(move || {
                     let delta: Vec<f32> = (0..n).map(|j| ((j as u32 % 7) + t) as f32).collect();
                     for _ in 0..25 {
-                        centre.commit(&delta, 0, None, None, t).unwrap();
+                        centre
+                            .commit(Finite::check(&delta).unwrap(), 0, None, None, t)
+                            .unwrap();
                     }
                 })
             })
@@ -305,14 +345,19 @@ mod tests {
             thread::spawn(move || {
                 let ones = vec![1.0; n];
                 for _ in 0..300 {
-                    centre.commit(&ones, 0, None, None, 0).unwrap();
+                    centre
+                        .commit(Finite::trusted(&ones), 0, None, None, 0)
+                        .unwrap();
                 }
             })
         };
         let mut out = vec![0.0; n];
         for _ in 0..300 {
             let clock = centre.pull(&mut out).unwrap();
-            assert!(out.iter().all(|&v| v == clock as f32), "torn snapshot at clock {clock}");
+            assert!(
+                out.iter().all(|&v| v == clock as f32),
+                "torn snapshot at clock {clock}"
+            );
         }
         writer.join().unwrap();
     }
@@ -320,10 +365,26 @@ mod tests {
     #[test]
     fn dynsgd_scales_by_staleness() {
         let centre = Centre::new(Rule::DynSgd, &[0.0; 4]).unwrap();
-        let a = centre.commit(&[4.0; 4], 0, None, None, 0).unwrap();
-        assert_eq!(a, Applied { clock: 1, staleness: 0 });
-        let b = centre.commit(&[4.0; 4], 0, None, None, 1).unwrap();
-        assert_eq!(b, Applied { clock: 2, staleness: 1 });
+        let a = centre
+            .commit(Finite::trusted(&[4.0; 4]), 0, None, None, 0)
+            .unwrap();
+        assert_eq!(
+            a,
+            Applied {
+                clock: 1,
+                staleness: 0
+            }
+        );
+        let b = centre
+            .commit(Finite::trusted(&[4.0; 4]), 0, None, None, 1)
+            .unwrap();
+        assert_eq!(
+            b,
+            Applied {
+                clock: 2,
+                staleness: 1
+            }
+        );
         let mut out = [0.0; 4];
         centre.pull(&mut out).unwrap();
         assert_eq!(out, [6.0; 4]);
@@ -332,9 +393,13 @@ mod tests {
     #[test]
     fn invalid_commits_change_nothing() {
         let centre = Centre::new(add(), &[1.0; 3]).unwrap();
-        assert!(centre.commit(&[1.0, f32::NAN, 1.0], 0, None, None, 0).is_err());
-        assert!(centre.commit(&[1.0; 2], 0, None, None, 0).is_err());
-        assert!(centre.commit(&[1.0; 3], 5, None, None, 0).is_err());
+        assert!(Finite::check(&[1.0, f32::NAN, 1.0]).is_err());
+        assert!(centre
+            .commit(Finite::trusted(&[1.0; 2]), 0, None, None, 0)
+            .is_err());
+        assert!(centre
+            .commit(Finite::trusted(&[1.0; 3]), 5, None, None, 0)
+            .is_err());
         let mut out = [0.0; 3];
         assert_eq!(centre.pull(&mut out).unwrap(), 0);
         assert_eq!(out, [1.0; 3]);
@@ -342,14 +407,31 @@ mod tests {
 
     #[test]
     fn sync_round_waits_for_every_worker_and_resets() {
-        let centre = Arc::new(Centre::new(Rule::Sync { workers: 3, scale: 1.0 }, &[0.0; 5]).unwrap());
+        let centre = Arc::new(
+            Centre::new(
+                Rule::Sync {
+                    workers: 3,
+                    scale: 1.0,
+                },
+                &[0.0; 5],
+            )
+            .unwrap(),
+        );
         for round in 1..=2u64 {
             let handles: Vec<_> = (0..3u32)
                 .map(|w| {
                     let centre = Arc::clone(&centre);
                     thread::spawn(move || {
                         let mut reply = [0.0; 5];
-                        let applied = centre.commit(&[(w + 1) as f32; 5], 0, None, Some(&mut reply), w).unwrap();
+                        let applied = centre
+                            .commit(
+                                Finite::trusted(&[(w + 1) as f32; 5]),
+                                0,
+                                None,
+                                Some(&mut reply),
+                                w,
+                            )
+                            .unwrap();
                         (applied, reply)
                     })
                 })
@@ -364,15 +446,36 @@ mod tests {
 
     #[test]
     fn sync_refuses_a_second_commit_in_one_round() {
-        let centre = Arc::new(Centre::new(Rule::Sync { workers: 2, scale: 1.0 }, &[0.0; 2]).unwrap());
+        let centre = Arc::new(
+            Centre::new(
+                Rule::Sync {
+                    workers: 2,
+                    scale: 1.0,
+                },
+                &[0.0; 2],
+            )
+            .unwrap(),
+        );
         let first = {
             let centre = Arc::clone(&centre);
-            thread::spawn(move || centre.commit(&[1.0; 2], 0, None, Some(&mut [0.0; 2]), 0))
+            thread::spawn(move || {
+                centre.commit(Finite::trusted(&[1.0; 2]), 0, None, Some(&mut [0.0; 2]), 0)
+            })
         };
-        while centre.rounds.as_ref().unwrap().state.lock().joined.is_empty() {
+        while centre
+            .rounds
+            .as_ref()
+            .unwrap()
+            .state
+            .lock()
+            .joined
+            .is_empty()
+        {
             thread::yield_now();
         }
-        let again = centre.commit(&[1.0; 2], 0, None, Some(&mut [0.0; 2]), 0).unwrap_err();
+        let again = centre
+            .commit(Finite::trusted(&[1.0; 2]), 0, None, Some(&mut [0.0; 2]), 0)
+            .unwrap_err();
         assert!(again.to_string().contains("already committed"), "{again}");
         centre.close();
         assert!(matches!(first.join().unwrap(), Err(Error::Closed(_))));

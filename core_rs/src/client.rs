@@ -55,7 +55,10 @@ impl Client {
     ) -> Result<Client> {
         let sock = resolve(addr)?;
         let stream = TcpStream::connect_timeout(&sock, connect_timeout).map_err(|e| {
-            Error::Io(io::Error::new(e.kind(), format!("cannot reach the parameter server at {addr}: {e}")))
+            Error::Io(io::Error::new(
+                e.kind(),
+                format!("cannot reach the parameter server at {addr}: {e}"),
+            ))
         })?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(connect_timeout))?;
@@ -98,7 +101,9 @@ impl Client {
         }
         let welcome = p::Welcome::decode(&payload)?;
         if !p::verify_welcome(secret, &hello.client_nonce, &server_nonce, &welcome.mac) {
-            return Err(Error::Authentication("the server could not prove it holds this run's secret".into()));
+            return Err(Error::Authentication(
+                "the server could not prove it holds this run's secret".into(),
+            ));
         }
         if welcome.num_params != self.num_params as u64 {
             return Err(Error::LayoutMismatch(format!(
@@ -151,16 +156,27 @@ impl Client {
     }
 
     /// Reads the reply to a request: `expected` with a `head`-sized prefix and an optional vector.
-    fn read_reply(&mut self, expected: Op, head: &mut [u8], values: Option<&mut [f32]>) -> Result<()> {
+    fn read_reply(
+        &mut self,
+        expected: Op,
+        head: &mut [u8],
+        values: Option<&mut [f32]>,
+    ) -> Result<()> {
         let vector_len = values.as_ref().map_or(0, |v| 4 * v.len());
-        let h = p::read_header(&mut self.stream, (head.len() + vector_len).max(p::SMALL_FRAME as usize) as u64)?;
+        let h = p::read_header(
+            &mut self.stream,
+            (head.len() + vector_len).max(p::SMALL_FRAME as usize) as u64,
+        )?;
         if h.op == Op::Error && h.len <= p::SMALL_FRAME {
             let payload = p::read_small(&mut self.stream, h.len)?;
             self.bytes_in += p::HEADER_LEN as u64 + h.len;
             return Err(p::decode_error(&payload));
         }
         if h.op != expected || h.len != (head.len() + vector_len) as u64 {
-            return Err(Error::protocol(format!("expected a {expected:?} reply, got {:?} of {} bytes", h.op, h.len)));
+            return Err(Error::protocol(format!(
+                "expected a {expected:?} reply, got {:?} of {} bytes",
+                h.op, h.len
+            )));
         }
         p::read_payload(&mut self.stream, head, values.unwrap_or(&mut []))?;
         self.bytes_in += p::HEADER_LEN as u64 + h.len;
@@ -169,7 +185,10 @@ impl Client {
 
     fn check_len(&self, what: &str, len: usize) -> Result<()> {
         if len != self.num_params {
-            return Err(Error::invalid(format!("{what} has {len} values, the model has {}", self.num_params)));
+            return Err(Error::invalid(format!(
+                "{what} has {len} values, the model has {}",
+                self.num_params
+            )));
         }
         Ok(())
     }
@@ -179,7 +198,8 @@ impl Client {
         self.check_len("pull buffer", out.len())?;
         self.send(Op::Pull, &[], &[]).map_err(lost)?;
         let mut head = [0u8; 8];
-        self.read_reply(Op::Centre, &mut head, Some(out)).map_err(lost)?;
+        self.read_reply(Op::Centre, &mut head, Some(out))
+            .map_err(lost)?;
         self.last_pull_clock = u64::from_le_bytes(head);
         Ok(self.last_pull_clock)
     }
@@ -194,7 +214,9 @@ impl Client {
                 Some(r)
             }
             (true, None) => {
-                return Err(Error::invalid("this server's rule answers commits with a vector: pass a reply buffer"))
+                return Err(Error::invalid(
+                    "this server's rule answers commits with a vector: pass a reply buffer",
+                ))
             }
             (false, _) => None,
         };
@@ -202,7 +224,8 @@ impl Client {
         let head = p::encode_commit_head(self.worker_id, self.seq, self.last_pull_clock);
         self.send(Op::Commit, &head, delta).map_err(lost)?;
         let mut reply_head = [0u8; 16];
-        self.read_reply(Op::Committed, &mut reply_head, reply).map_err(lost)?;
+        self.read_reply(Op::Committed, &mut reply_head, reply)
+            .map_err(lost)?;
         let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
         let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
         if self.rule_code == 5 {
@@ -215,7 +238,8 @@ impl Client {
     pub fn stats(&mut self) -> Result<Vec<(&'static str, u64)>> {
         self.send(Op::Stats, &[], &[]).map_err(lost)?;
         let mut payload = [0u8; 8 * p::STATS_FIELDS.len()];
-        self.read_reply(Op::StatsReply, &mut payload, None).map_err(lost)?;
+        self.read_reply(Op::StatsReply, &mut payload, None)
+            .map_err(lost)?;
         Ok(p::STATS_FIELDS
             .iter()
             .zip(payload.chunks_exact(8))

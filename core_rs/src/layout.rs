@@ -37,7 +37,12 @@ impl Layout {
             return Err(Error::invalid("a layout needs at least one parameter"));
         }
         let hash = layout_hash(&shapes);
-        Ok(Layout { shapes, offsets, num_params: total, hash })
+        Ok(Layout {
+            shapes,
+            offsets,
+            num_params: total,
+            hash,
+        })
     }
 
     /// A single flat tensor of `n` parameters.
@@ -59,7 +64,11 @@ impl Layout {
         &self.hash
     }
     pub fn describe(&self) -> String {
-        format!("{} parameters in {} tensors", self.num_params, self.shapes.len())
+        format!(
+            "{} parameters in {} tensors",
+            self.num_params,
+            self.shapes.len()
+        )
     }
 }
 

@@ -15,7 +15,7 @@ pub mod stats;
 #[cfg(feature = "python")]
 mod python;
 
-pub use centre::{Applied, Centre};
+pub use centre::{Applied, Centre, Finite};
 pub use client::Client;
 pub use error::{Error, Result};
 pub use layout::Layout;

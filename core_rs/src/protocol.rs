@@ -42,9 +42,12 @@ pub enum Op {
 impl Op {
     pub fn from_u8(v: u8) -> Option<Op> {
         use Op::*;
-        [Challenge, Hello, Welcome, Error, Pull, Centre, Commit, Committed, Stats, StatsReply, Bye]
-            .into_iter()
-            .find(|op| *op as u8 == v)
+        [
+            Challenge, Hello, Welcome, Error, Pull, Centre, Commit, Committed, Stats, StatsReply,
+            Bye,
+        ]
+        .into_iter()
+        .find(|op| *op as u8 == v)
     }
 }
 
@@ -108,13 +111,16 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN], max_len: u64) -> Result<Header> {
             bytes[4]
         )));
     }
-    let op = Op::from_u8(bytes[5]).ok_or_else(|| Error::protocol(format!("unknown op {}", bytes[5])))?;
+    let op =
+        Op::from_u8(bytes[5]).ok_or_else(|| Error::protocol(format!("unknown op {}", bytes[5])))?;
     if bytes[6] != 0 || bytes[7] != 0 {
         return Err(Error::protocol("reserved header bytes must be zero"));
     }
     let len = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
     if len > max_len {
-        return Err(Error::protocol(format!("{op:?} frame of {len} bytes exceeds the limit of {max_len}")));
+        return Err(Error::protocol(format!(
+            "{op:?} frame of {len} bytes exceeds the limit of {max_len}"
+        )));
     }
     Ok(Header { op, len })
 }
@@ -144,6 +150,17 @@ pub fn read_payload(r: &mut impl Read, head: &mut [u8], values: &mut [f32]) -> R
     r.read_exact(head)?;
     r.read_exact(bytemuck::cast_slice_mut(values))?;
     Ok(())
+}
+
+/// Reads `values` chunk by chunk, checking each chunk for NaN or infinity while it is still in
+/// cache. Reads everything either way, so the stream stays in step; returns whether all were finite.
+pub fn read_finite(r: &mut impl Read, values: &mut [f32]) -> Result<bool> {
+    let mut finite = true;
+    for chunk in values.chunks_mut(1 << 15) {
+        r.read_exact(bytemuck::cast_slice_mut(chunk))?;
+        finite &= crate::rules::all_finite(chunk);
+    }
+    Ok(finite)
 }
 
 pub fn read_small(r: &mut impl Read, len: u64) -> Result<Vec<u8>> {
@@ -183,10 +200,14 @@ impl Fields<'_> {
         Ok(head)
     }
     pub fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     pub fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
@@ -259,7 +280,12 @@ impl Welcome {
     }
     pub fn decode(payload: &[u8]) -> Result<Welcome> {
         let mut f = Fields(payload);
-        let w = Welcome { mac: f.array()?, num_params: f.u64()?, clock: f.u64()?, rule_code: f.array::<8>()?[0] };
+        let w = Welcome {
+            mac: f.array()?,
+            num_params: f.u64()?,
+            clock: f.u64()?,
+            rule_code: f.array::<8>()?[0],
+        };
         f.finish()?;
         Ok(w)
     }
@@ -281,7 +307,13 @@ fn hello_parts<'a>(
     client_nonce: &'a [u8; NONCE_LEN],
     layout_hash: &'a [u8; 32],
 ) -> [&'a [u8]; 5] {
-    [b"distkeras-plus hello v1", server_nonce, ids, client_nonce, layout_hash]
+    [
+        b"distkeras-plus hello v1",
+        server_nonce,
+        ids,
+        client_nonce,
+        layout_hash,
+    ]
 }
 
 fn ids(worker_id: u32, attempt: u32) -> [u8; 8] {
@@ -304,12 +336,22 @@ pub fn verify_hello(secret: &[u8], server_nonce: &[u8; NONCE_LEN], hello: &Hello
     mac_over(secret, &parts).verify_slice(&hello.mac).is_ok()
 }
 
-fn welcome_parts<'a>(client_nonce: &'a [u8; NONCE_LEN], server_nonce: &'a [u8; NONCE_LEN]) -> [&'a [u8]; 3] {
+fn welcome_parts<'a>(
+    client_nonce: &'a [u8; NONCE_LEN],
+    server_nonce: &'a [u8; NONCE_LEN],
+) -> [&'a [u8]; 3] {
     [b"distkeras-plus welcome v1", client_nonce, server_nonce]
 }
 
-pub fn welcome_mac(secret: &[u8], client_nonce: &[u8; NONCE_LEN], server_nonce: &[u8; NONCE_LEN]) -> [u8; MAC_LEN] {
-    mac_over(secret, &welcome_parts(client_nonce, server_nonce)).finalize().into_bytes().into()
+pub fn welcome_mac(
+    secret: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+) -> [u8; MAC_LEN] {
+    mac_over(secret, &welcome_parts(client_nonce, server_nonce))
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Constant-time check, on the worker, that the server holds the secret too.
@@ -319,7 +361,9 @@ pub fn verify_welcome(
     server_nonce: &[u8; NONCE_LEN],
     mac: &[u8; MAC_LEN],
 ) -> bool {
-    mac_over(secret, &welcome_parts(client_nonce, server_nonce)).verify_slice(mac).is_ok()
+    mac_over(secret, &welcome_parts(client_nonce, server_nonce))
+        .verify_slice(mac)
+        .is_ok()
 }
 
 pub fn nonce() -> Result<[u8; NONCE_LEN]> {
@@ -352,12 +396,23 @@ pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
     if f.u32()? != 0 {
         return Err(Error::protocol("reserved commit bytes must be zero"));
     }
-    Ok(CommitHead { worker_id, seq: f.u64()?, last_pull_clock: f.u64()? })
+    Ok(CommitHead {
+        worker_id,
+        seq: f.u64()?,
+        last_pull_clock: f.u64()?,
+    })
 }
 
 /// Server statistics as sent in a `StatsReply` frame: fixed u64 fields, in this order.
-pub const STATS_FIELDS: [&str; 7] =
-    ["clock", "commits", "rejected", "pulls", "bytes_in", "bytes_out", "workers_connected"];
+pub const STATS_FIELDS: [&str; 7] = [
+    "clock",
+    "commits",
+    "rejected",
+    "pulls",
+    "bytes_in",
+    "bytes_out",
+    "workers_connected",
+];
 
 #[cfg(test)]
 mod tests {
@@ -366,17 +421,32 @@ mod tests {
     #[test]
     fn header_round_trip_and_bounds() {
         let h = encode_header(Op::Commit, 1234);
-        assert_eq!(decode_header(&h, 1234).unwrap(), Header { op: Op::Commit, len: 1234 });
-        assert!(decode_header(&h, 1233).unwrap_err().to_string().contains("exceeds"));
+        assert_eq!(
+            decode_header(&h, 1234).unwrap(),
+            Header {
+                op: Op::Commit,
+                len: 1234
+            }
+        );
+        assert!(decode_header(&h, 1233)
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds"));
         let mut bad = h;
         bad[0] = b'X';
         assert!(decode_header(&bad, u64::MAX).is_err());
         let mut bad = h;
         bad[4] = 9;
-        assert!(decode_header(&bad, u64::MAX).unwrap_err().to_string().contains("version"));
+        assert!(decode_header(&bad, u64::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
         let mut bad = h;
         bad[5] = 200;
-        assert!(decode_header(&bad, u64::MAX).unwrap_err().to_string().contains("unknown op"));
+        assert!(decode_header(&bad, u64::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown op"));
         let mut bad = h;
         bad[7] = 1;
         assert!(decode_header(&bad, u64::MAX).is_err());
@@ -386,8 +456,13 @@ mod tests {
     fn hello_mac_binds_every_field() {
         let secret = b"run secret";
         let server_nonce = [7u8; NONCE_LEN];
-        let mut hello =
-            Hello { worker_id: 3, attempt: 1, client_nonce: [9; NONCE_LEN], layout_hash: [1; 32], mac: [0; 32] };
+        let mut hello = Hello {
+            worker_id: 3,
+            attempt: 1,
+            client_nonce: [9; NONCE_LEN],
+            layout_hash: [1; 32],
+            mac: [0; 32],
+        };
         hello.mac = hello_mac(secret, &server_nonce, &hello);
         assert!(verify_hello(secret, &server_nonce, &hello));
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);

@@ -1,6 +1,8 @@
 //! Update rules: how a commit changes the centre variable. Chosen by data (a name and numeric
 //! parameters), applied here in Rust; the formulas are those of `docs/algorithms.md`.
 
+use multiversion::multiversion;
+
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,7 +22,8 @@ pub enum Rule {
 }
 
 /// The rule names and their parameters, for error messages and `dk` help.
-pub const RULE_NAMES: &str = "add(scale=1), dynsgd, adaptive(gamma=1e-4), elastic(alpha), sync(workers, scale=1)";
+pub const RULE_NAMES: &str =
+    "add(scale=1), dynsgd, adaptive(gamma=1e-4), elastic(alpha), sync(workers, scale=1)";
 
 impl Rule {
     /// Builds a rule from its name and parameters; an unknown name, an unknown or missing parameter,
@@ -32,17 +35,27 @@ impl Rule {
             "adaptive" => &["gamma"],
             "elastic" => &["alpha"],
             "sync" => &["workers", "scale"],
-            _ => return Err(Error::invalid(format!("unknown update rule {name:?}; valid rules: {RULE_NAMES}"))),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown update rule {name:?}; valid rules: {RULE_NAMES}"
+                )))
+            }
         };
         for (key, value) in params {
             if !allowed.contains(key) {
                 return Err(Error::invalid(format!(
                     "rule {name:?} has no parameter {key:?}; its parameters: {}",
-                    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                    if allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
                 )));
             }
             if !value.is_finite() {
-                return Err(Error::invalid(format!("rule parameter {key} must be finite, got {value}")));
+                return Err(Error::invalid(format!(
+                    "rule parameter {key} must be finite, got {value}"
+                )));
             }
         }
         let get = |key: &str| params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
@@ -51,15 +64,23 @@ impl Rule {
                 .or(default)
                 .ok_or_else(|| Error::invalid(format!("rule {name:?} needs parameter {key:?}")))?;
             if v <= 0.0 {
-                return Err(Error::invalid(format!("rule parameter {key} must be > 0, got {v}")));
+                return Err(Error::invalid(format!(
+                    "rule parameter {key} must be > 0, got {v}"
+                )));
             }
             Ok(v as f32)
         };
         Ok(match name {
-            "add" => Rule::Add { scale: positive("scale", Some(1.0))? },
+            "add" => Rule::Add {
+                scale: positive("scale", Some(1.0))?,
+            },
             "dynsgd" => Rule::DynSgd,
-            "adaptive" => Rule::Adaptive { gamma: positive("gamma", Some(1e-4))? },
-            "elastic" => Rule::Elastic { alpha: positive("alpha", None)? },
+            "adaptive" => Rule::Adaptive {
+                gamma: positive("gamma", Some(1e-4))?,
+            },
+            "elastic" => Rule::Elastic {
+                alpha: positive("alpha", None)?,
+            },
             _ => {
                 let workers = positive("workers", None)? as f64;
                 if workers.fract() != 0.0 || workers > 65_536.0 {
@@ -67,7 +88,10 @@ impl Rule {
                         "rule parameter workers must be a whole number of workers, got {workers}"
                     )));
                 }
-                Rule::Sync { workers: workers as u32, scale: positive("scale", Some(1.0))? }
+                Rule::Sync {
+                    workers: workers as u32,
+                    scale: positive("scale", Some(1.0))?,
+                }
             }
         })
     }
@@ -88,7 +112,9 @@ impl Rule {
             Rule::DynSgd => vec![],
             Rule::Adaptive { gamma } => vec![("gamma", gamma as f64)],
             Rule::Elastic { alpha } => vec![("alpha", alpha as f64)],
-            Rule::Sync { workers, scale } => vec![("workers", workers as f64), ("scale", scale as f64)],
+            Rule::Sync { workers, scale } => {
+                vec![("workers", workers as f64), ("scale", scale as f64)]
+            }
         }
     }
 
@@ -109,8 +135,10 @@ impl Rule {
     }
 }
 
-// Kernels over one shard. Plain loops over zipped slices: the compiler vectorises them.
+// Kernels over one shard. Plain loops over zipped slices that the compiler vectorises; each is
+// also compiled for AVX2 and picked at run time, since the portable x86-64 baseline is SSE2 only.
 
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 pub fn add_scaled(centre: &mut [f32], delta: &[f32], scale: f32) {
     if scale == 1.0 {
         for (c, d) in centre.iter_mut().zip(delta) {
@@ -123,6 +151,7 @@ pub fn add_scaled(centre: &mut [f32], delta: &[f32], scale: f32) {
     }
 }
 
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 pub fn adaptive(centre: &mut [f32], delta: &[f32], sent: &[f32], gamma: f32) {
     let inv_gamma = 1.0 / gamma;
     for ((c, d), s) in centre.iter_mut().zip(delta).zip(sent) {
@@ -131,6 +160,7 @@ pub fn adaptive(centre: &mut [f32], delta: &[f32], sent: &[f32], gamma: f32) {
     }
 }
 
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 pub fn elastic(centre: &mut [f32], weights: &[f32], out: &mut [f32], alpha: f32) {
     for ((c, w), e) in centre.iter_mut().zip(weights).zip(out.iter_mut()) {
         let step = alpha * (*w - *c);
@@ -140,12 +170,16 @@ pub fn elastic(centre: &mut [f32], weights: &[f32], out: &mut [f32], alpha: f32)
 }
 
 /// True when every value is finite; a NaN or infinity in a commit would poison the centre for all.
+#[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
 pub fn all_finite(values: &[f32]) -> bool {
     // Branch-free integer test per chunk so it vectorises: an all-ones exponent is NaN or infinity.
     const EXP: u32 = 0x7f80_0000;
-    values
-        .chunks(4096)
-        .all(|chunk| chunk.iter().fold(0u32, |acc, x| acc | u32::from(x.to_bits() & EXP == EXP)) == 0)
+    values.chunks(4096).all(|chunk| {
+        chunk
+            .iter()
+            .fold(0u32, |acc, x| acc | u32::from(x.to_bits() & EXP == EXP))
+            == 0
+    })
 }
 
 #[cfg(test)]
@@ -155,14 +189,22 @@ mod tests {
     #[test]
     fn parse_defaults_and_errors() {
         assert_eq!(Rule::parse("add", &[]).unwrap(), Rule::Add { scale: 1.0 });
-        assert_eq!(Rule::parse("adaptive", &[]).unwrap(), Rule::Adaptive { gamma: 1e-4 });
+        assert_eq!(
+            Rule::parse("adaptive", &[]).unwrap(),
+            Rule::Adaptive { gamma: 1e-4 }
+        );
         assert_eq!(
             Rule::parse("sync", &[("workers", 3.0), ("scale", 0.5)]).unwrap(),
-            Rule::Sync { workers: 3, scale: 0.5 }
+            Rule::Sync {
+                workers: 3,
+                scale: 0.5
+            }
         );
         let unknown = Rule::parse("nesterov", &[]).unwrap_err().to_string();
         assert!(unknown.contains("valid rules"), "{unknown}");
-        let bad_key = Rule::parse("add", &[("alpha", 1.0)]).unwrap_err().to_string();
+        let bad_key = Rule::parse("add", &[("alpha", 1.0)])
+            .unwrap_err()
+            .to_string();
         assert!(bad_key.contains("scale"), "{bad_key}");
         assert!(Rule::parse("elastic", &[]).is_err());
         assert!(Rule::parse("sync", &[("workers", 2.5)]).is_err());

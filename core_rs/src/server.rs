@@ -2,7 +2,7 @@
 //! Rust (no Python objects), stopped cleanly by `Server::stop` or on drop.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::centre::{Applied, Centre};
-use crate::rules::Rule;
+use crate::centre::{Applied, Centre, Finite};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::protocol::{self as p, ErrorCode, Op};
+use crate::rules::Rule;
 use crate::stats::{Counters, Snapshot};
 
 pub const MIN_SECRET_LEN: usize = 16;
@@ -79,10 +79,15 @@ impl Server {
             )));
         }
         if config.secret.len() < MIN_SECRET_LEN {
-            return Err(Error::invalid(format!("the run secret must be at least {MIN_SECRET_LEN} bytes")));
+            return Err(Error::invalid(format!(
+                "the run secret must be at least {MIN_SECRET_LEN} bytes"
+            )));
         }
         let listener = TcpListener::bind((config.host.as_str(), config.port)).map_err(|e| {
-            Error::Io(io::Error::new(e.kind(), format!("cannot listen on {}:{}: {e}", config.host, config.port)))
+            Error::Io(io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}:{}: {e}", config.host, config.port),
+            ))
         })?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -98,9 +103,15 @@ impl Server {
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
-            thread::Builder::new().name("dk-ps-accept".into()).spawn(move || accept_loop(&shared, listener))?
+            thread::Builder::new()
+                .name("dk-ps-accept".into())
+                .spawn(move || accept_loop(&shared, listener))?
         };
-        Ok(Server { shared, addr, acceptor: Some(acceptor) })
+        Ok(Server {
+            shared,
+            addr,
+            acceptor: Some(acceptor),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -121,7 +132,9 @@ impl Server {
 
     /// Stops accepting, closes every connection and joins every thread. Idempotent.
     pub fn stop(&mut self) {
-        let Some(acceptor) = self.acceptor.take() else { return };
+        let Some(acceptor) = self.acceptor.take() else {
+            return;
+        };
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the acceptor out of accept(); it sees the flag and drops the listener.
         let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
@@ -172,19 +185,26 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
         conns.threads.retain(|t| !t.is_finished());
         if conns.live.len() >= shared.max_connections {
             drop(conns);
-            let msg = p::error_payload(ErrorCode::Closed, "too many connections to the parameter server");
+            let msg = p::error_payload(
+                ErrorCode::Closed,
+                "too many connections to the parameter server",
+            );
             let _ = p::write_frame(&mut stream, Op::Error, &msg, &[]);
             continue;
         }
         let id = conns.next_id;
         conns.next_id += 1;
-        let Ok(clone) = stream.try_clone() else { continue };
+        let Ok(clone) = stream.try_clone() else {
+            continue;
+        };
         conns.live.insert(id, clone);
         let worker_shared = Arc::clone(shared);
-        let spawned = thread::Builder::new().name(format!("dk-ps-conn-{id}")).spawn(move || {
-            Session::new(&worker_shared, stream).run();
-            worker_shared.conns.lock().live.remove(&id);
-        });
+        let spawned = thread::Builder::new()
+            .name(format!("dk-ps-conn-{id}"))
+            .spawn(move || {
+                Session::new(&worker_shared, stream).run();
+                worker_shared.conns.lock().live.remove(&id);
+            });
         match spawned {
             Ok(t) => conns.threads.push(t),
             Err(_) => {
@@ -207,7 +227,14 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(shared: &'a Shared, stream: TcpStream) -> Self {
-        Session { shared, stream, worker: None, sent: Vec::new(), pulled: false, received: Vec::new() }
+        Session {
+            shared,
+            stream,
+            worker: None,
+            sent: Vec::new(),
+            pulled: false,
+            received: Vec::new(),
+        }
     }
 
     fn run(mut self) {
@@ -223,7 +250,9 @@ impl<'a> Session<'a> {
             match &err {
                 Error::Io(_) => return, // the peer went away; nothing to tell it
                 Error::Authentication(_) => counters.add(&counters.auth_failures, 1),
-                Error::Protocol(_) | Error::LayoutMismatch(_) => counters.add(&counters.protocol_errors, 1),
+                Error::Protocol(_) | Error::LayoutMismatch(_) => {
+                    counters.add(&counters.protocol_errors, 1)
+                }
                 _ => {}
             }
             self.send_error(&err);
@@ -247,20 +276,29 @@ impl<'a> Session<'a> {
     fn handshake(&mut self) -> Result<()> {
         let shared = self.shared;
         self.stream.set_nodelay(true)?;
-        self.stream.set_read_timeout(Some(shared.handshake_timeout))?;
-        self.stream.set_write_timeout(Some(shared.handshake_timeout))?;
+        self.stream
+            .set_read_timeout(Some(shared.handshake_timeout))?;
+        self.stream
+            .set_write_timeout(Some(shared.handshake_timeout))?;
         let server_nonce = p::nonce()?;
         self.send(Op::Challenge, &server_nonce, &[])?;
 
         let header = p::read_header(&mut self.stream, p::SMALL_FRAME)?;
         if header.op != Op::Hello || header.len != p::HELLO_LEN {
-            return Err(Error::protocol(format!("expected a hello frame, got {:?} of {} bytes", header.op, header.len)));
+            return Err(Error::protocol(format!(
+                "expected a hello frame, got {:?} of {} bytes",
+                header.op, header.len
+            )));
         }
         let payload = p::read_small(&mut self.stream, header.len)?;
-        shared.counters.add(&shared.counters.bytes_in, p::HEADER_LEN as u64 + header.len);
+        shared
+            .counters
+            .add(&shared.counters.bytes_in, p::HEADER_LEN as u64 + header.len);
         let hello = p::Hello::decode(&payload)?;
         if !p::verify_hello(&shared.secret, &server_nonce, &hello) {
-            return Err(Error::Authentication("the worker does not hold this run's secret".into()));
+            return Err(Error::Authentication(
+                "the worker does not hold this run's secret".into(),
+            ));
         }
         if &hello.layout_hash != shared.layout.hash() {
             return Err(Error::LayoutMismatch(format!(
@@ -287,7 +325,10 @@ impl<'a> Session<'a> {
         let max_frame = (p::COMMIT_HEAD_LEN + 4 * n) as u64;
         loop {
             let header = p::read_header(&mut self.stream, max_frame)?;
-            self.shared.counters.add(&self.shared.counters.bytes_in, p::HEADER_LEN as u64 + header.len);
+            self.shared.counters.add(
+                &self.shared.counters.bytes_in,
+                p::HEADER_LEN as u64 + header.len,
+            );
             let expect = |len: u64| {
                 if header.len == len {
                     Ok(())
@@ -315,7 +356,11 @@ impl<'a> Session<'a> {
                     expect(0)?;
                     return Ok(());
                 }
-                op => return Err(Error::protocol(format!("unexpected {op:?} frame from a worker"))),
+                op => {
+                    return Err(Error::protocol(format!(
+                        "unexpected {op:?} frame from a worker"
+                    )))
+                }
             }
         }
     }
@@ -324,7 +369,9 @@ impl<'a> Session<'a> {
         self.sent.resize(self.shared.centre.len(), 0.0);
         let clock = self.shared.centre.pull(&mut self.sent)?;
         self.pulled = true;
-        self.shared.counters.worker_pulled(self.worker.expect("authenticated").0);
+        self.shared
+            .counters
+            .worker_pulled(self.worker.expect("authenticated").0);
         let sent = std::mem::take(&mut self.sent);
         let result = self.send(Op::Centre, &clock.to_le_bytes(), &sent);
         self.sent = sent;
@@ -336,11 +383,19 @@ impl<'a> Session<'a> {
         let (worker, attempt) = self.worker.expect("authenticated");
         let mut head = [0u8; p::COMMIT_HEAD_LEN];
         self.received.resize(shared.centre.len(), 0.0);
-        // The whole frame is read before anything is checked or applied.
-        p::read_payload(&mut self.stream, &mut head, &mut self.received)?;
+        // The whole frame is read before anything is applied.
+        self.stream.read_exact(&mut head)?;
+        let finite = p::read_finite(&mut self.stream, &mut self.received)?;
         let head = p::decode_commit_head(&head)?;
 
-        let outcome = self.check_seq(worker, attempt, &head).and_then(|()| self.apply(worker, &head));
+        let outcome = if finite {
+            self.check_seq(worker, attempt, &head)
+                .and_then(|()| self.apply(worker, &head))
+        } else {
+            Err(Error::rejected(
+                "commit contains NaN or infinity; the centre is unchanged",
+            ))
+        };
         match outcome {
             Ok(applied) => {
                 shared.counters.worker_committed(worker, applied.staleness);
@@ -348,7 +403,11 @@ impl<'a> Session<'a> {
                 reply_head[..8].copy_from_slice(&applied.clock.to_le_bytes());
                 reply_head[8..].copy_from_slice(&applied.staleness.to_le_bytes());
                 let sent = std::mem::take(&mut self.sent);
-                let values: &[f32] = if shared.centre.rule().replies_with_vector() { &sent } else { &[] };
+                let values: &[f32] = if shared.centre.rule().replies_with_vector() {
+                    &sent
+                } else {
+                    &[]
+                };
                 let result = self.send(Op::Committed, &reply_head, values);
                 self.sent = sent;
                 result
@@ -386,26 +445,48 @@ impl<'a> Session<'a> {
         let centre = &self.shared.centre;
         let rule = centre.rule();
         if matches!(rule, Rule::Adaptive { .. }) && !self.pulled {
-            return Err(Error::rejected("the adaptive rule needs a pull before the first commit"));
+            return Err(Error::rejected(
+                "the adaptive rule needs a pull before the first commit",
+            ));
         }
         let sent = self.pulled.then_some(&self.sent[..]);
         if rule.replies_with_vector() {
             let mut reply = std::mem::take(&mut self.sent);
             reply.resize(centre.len(), 0.0);
-            let applied = centre.commit(&self.received, head.last_pull_clock, None, Some(&mut reply), worker);
+            let applied = centre.commit(
+                Finite::trusted(&self.received),
+                head.last_pull_clock,
+                None,
+                Some(&mut reply),
+                worker,
+            );
             self.sent = reply;
             if matches!(rule, Rule::Sync { .. }) && applied.is_ok() {
                 self.pulled = true; // the reply is the new centre
             }
             applied
         } else {
-            centre.commit(&self.received, head.last_pull_clock, sent, None, worker)
+            centre.commit(
+                Finite::trusted(&self.received),
+                head.last_pull_clock,
+                sent,
+                None,
+                worker,
+            )
         }
     }
 
     fn stats(&mut self) -> Result<()> {
         let s = self.shared.counters.snapshot(self.shared.centre.clock());
-        let fields = [s.clock, s.commits, s.rejected, s.pulls, s.bytes_in, s.bytes_out, s.workers_connected()];
+        let fields = [
+            s.clock,
+            s.commits,
+            s.rejected,
+            s.pulls,
+            s.bytes_in,
+            s.bytes_out,
+            s.workers_connected(),
+        ];
         let payload: Vec<u8> = fields.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.send(Op::StatsReply, &payload, &[])
     }

@@ -14,12 +14,26 @@ const SECRET: &[u8] = b"0123456789abcdef-test-secret";
 fn start(rule: Rule, initial: &[f32]) -> (Server, Layout) {
     let layout = Layout::flat(initial.len()).unwrap();
     let centre = Arc::new(Centre::new(rule, initial).unwrap());
-    let server = Server::start(centre, layout.clone(), ServerConfig::new("127.0.0.1", 0, SECRET.to_vec())).unwrap();
+    let server = Server::start(
+        centre,
+        layout.clone(),
+        ServerConfig::new("127.0.0.1", 0, SECRET.to_vec()),
+    )
+    .unwrap();
     (server, layout)
 }
 
 fn connect(server: &Server, layout: &Layout, worker: u32) -> Client {
-    Client::connect(&server.addr().to_string(), SECRET, layout, worker, 0, Duration::from_secs(5), None).unwrap()
+    Client::connect(
+        &server.addr().to_string(),
+        SECRET,
+        layout,
+        worker,
+        0,
+        Duration::from_secs(5),
+        None,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -34,7 +48,10 @@ fn pull_commit_and_stats() {
     assert_eq!(c.pull(&mut out).unwrap(), 1);
     assert_eq!(out, [1.5, 2.5, 3.5]);
     let stats = c.stats().unwrap();
-    assert!(stats.contains(&("commits", 1)) && stats.contains(&("pulls", 2)), "{stats:?}");
+    assert!(
+        stats.contains(&("commits", 1)) && stats.contains(&("pulls", 2)),
+        "{stats:?}"
+    );
     let snap = server.stats();
     assert_eq!(snap.workers[&7].commits, 1);
     assert_eq!(snap.bytes_in, c.bytes_out());
@@ -59,10 +76,18 @@ fn wrong_secret_and_wrong_layout_are_refused() {
     let addr = server.addr().to_string();
     let t = Duration::from_secs(5);
     let wrong = Client::connect(&addr, b"not-the-secret-at-all", &layout, 0, 0, t, None);
-    assert!(matches!(wrong, Err(Error::Authentication(_))), "{:?}", wrong.err());
+    assert!(
+        matches!(wrong, Err(Error::Authentication(_))),
+        "{:?}",
+        wrong.err()
+    );
     let other = Layout::new(vec![vec![2, 2]]).unwrap();
     let mismatch = Client::connect(&addr, SECRET, &other, 0, 0, t, None);
-    assert!(matches!(mismatch, Err(Error::LayoutMismatch(_))), "{:?}", mismatch.err());
+    assert!(
+        matches!(mismatch, Err(Error::LayoutMismatch(_))),
+        "{:?}",
+        mismatch.err()
+    );
     // The server goes on serving.
     let mut ok = connect(&server, &layout, 1);
     ok.commit(&[1.0; 4], None).unwrap();
@@ -129,7 +154,13 @@ fn many_threads_commit_exact_integer_sums() {
 
 #[test]
 fn stop_closes_everything_and_frees_the_port() {
-    let (mut server, layout) = start(Rule::Sync { workers: 2, scale: 1.0 }, &[0.0; 2]);
+    let (mut server, layout) = start(
+        Rule::Sync {
+            workers: 2,
+            scale: 1.0,
+        },
+        &[0.0; 2],
+    );
     let addr = server.addr();
     let mut waiting = connect(&server, &layout, 0);
     let blocked = thread::spawn(move || waiting.commit(&[1.0; 2], Some(&mut [0.0; 2])));
@@ -139,6 +170,14 @@ fn stop_closes_everything_and_frees_the_port() {
     assert!(TcpStream::connect(addr).is_err());
     let layout2 = Layout::flat(2).unwrap();
     let centre = Arc::new(Centre::new(Rule::Add { scale: 1.0 }, &[0.0; 2]).unwrap());
-    let again = Server::start(centre, layout2, ServerConfig::new("127.0.0.1", addr.port(), SECRET.to_vec()));
-    assert!(again.is_ok(), "rebinding the same port failed: {:?}", again.err());
+    let again = Server::start(
+        centre,
+        layout2,
+        ServerConfig::new("127.0.0.1", addr.port(), SECRET.to_vec()),
+    );
+    assert!(
+        again.is_ok(),
+        "rebinding the same port failed: {:?}",
+        again.err()
+    );
 }

@@ -1,0 +1,457 @@
+//! The Python classes of `distkeras_plus._core`. Each one owns a core object and forwards to it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use super::{released, to_py, LayoutMismatchError};
+use crate::centre::{Centre, Finite};
+use crate::client::Client;
+use crate::layout::Layout;
+use crate::rules::Rule;
+use crate::server::{Server, ServerConfig};
+
+fn slice<'a>(a: &'a PyReadonlyArray1<'_, f32>, what: &str) -> PyResult<&'a [f32]> {
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{what} must be a contiguous float32 array")))
+}
+
+fn slice_mut<'a>(a: &'a mut PyReadwriteArray1<'_, f32>, what: &str) -> PyResult<&'a mut [f32]> {
+    a.as_slice_mut().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} must be a contiguous, writable float32 array"
+        ))
+    })
+}
+
+fn seconds(what: &str, s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        PyValueError::new_err(format!("{what} must be a non-negative number of seconds"))
+    })
+}
+
+/// The shapes of a model's weight tensors, laid end to end in one flat float32 vector.
+#[pyclass(name = "Layout", module = "distkeras_plus._core", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyLayout {
+    pub inner: Layout,
+}
+
+#[pymethods]
+impl PyLayout {
+    #[new]
+    fn new(shapes: Vec<Vec<usize>>) -> PyResult<Self> {
+        Ok(PyLayout {
+            inner: Layout::new(shapes).map_err(to_py)?,
+        })
+    }
+
+    /// A layout of one flat tensor with `num_params` values.
+    #[staticmethod]
+    fn flat(num_params: usize) -> PyResult<Self> {
+        Ok(PyLayout {
+            inner: Layout::flat(num_params).map_err(to_py)?,
+        })
+    }
+
+    #[getter]
+    fn num_params(&self) -> usize {
+        self.inner.num_params()
+    }
+
+    #[getter]
+    fn shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.shapes().to_vec()
+    }
+
+    #[getter]
+    fn offsets(&self) -> Vec<usize> {
+        self.inner.offsets().to_vec()
+    }
+
+    /// SHA-256 of the dtype and shapes; workers and server must agree on it.
+    #[getter]
+    fn hash<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.hash())
+    }
+
+    /// Copies each float32 tensor into its place in `out` (one call, the loop runs in Rust).
+    fn flatten_into(
+        &self,
+        arrays: Vec<PyReadonlyArrayDyn<'_, f32>>,
+        mut out: PyReadwriteArray1<'_, f32>,
+    ) -> PyResult<()> {
+        let shapes = self.inner.shapes();
+        if arrays.len() != shapes.len() {
+            return Err(LayoutMismatchError::new_err(format!(
+                "got {} tensors, the layout has {}",
+                arrays.len(),
+                shapes.len()
+            )));
+        }
+        let out = slice_mut(&mut out, "out")?;
+        if out.len() != self.inner.num_params() {
+            return Err(PyValueError::new_err(format!(
+                "out has {} values, the layout has {}",
+                out.len(),
+                self.inner.num_params()
+            )));
+        }
+        for (i, (array, (shape, &offset))) in arrays
+            .iter()
+            .zip(shapes.iter().zip(self.inner.offsets()))
+            .enumerate()
+        {
+            let view = array.as_array();
+            if view.shape() != shape.as_slice() {
+                return Err(LayoutMismatchError::new_err(format!(
+                    "tensor {i} has shape {:?}, the layout expects {shape:?}",
+                    view.shape()
+                )));
+            }
+            let dst = &mut out[offset..offset + view.len()];
+            match view.as_slice() {
+                Some(src) => dst.copy_from_slice(src),
+                None => dst.iter_mut().zip(view.iter()).for_each(|(d, s)| *d = *s),
+            }
+        }
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Layout({})", self.inner.describe())
+    }
+}
+
+fn parse_rule(rule: &str, params: Option<HashMap<String, f64>>) -> PyResult<Rule> {
+    let params = params.unwrap_or_default();
+    let pairs: Vec<(&str, f64)> = params.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    Rule::parse(rule, &pairs).map_err(to_py)
+}
+
+/// The centre variable and its update rule, shared by the server and the driver.
+#[pyclass(name = "Centre", module = "distkeras_plus._core", frozen)]
+pub struct PyCentre {
+    inner: Arc<Centre>,
+}
+
+#[pymethods]
+impl PyCentre {
+    #[new]
+    #[pyo3(signature = (initial, rule = "add", params = None))]
+    fn new(
+        initial: PyReadonlyArray1<'_, f32>,
+        rule: &str,
+        params: Option<HashMap<String, f64>>,
+    ) -> PyResult<Self> {
+        let rule = parse_rule(rule, params)?;
+        Ok(PyCentre {
+            inner: Arc::new(Centre::new(rule, slice(&initial, "initial")?).map_err(to_py)?),
+        })
+    }
+
+    #[getter]
+    fn num_params(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Commits applied so far (rounds, for the sync rule).
+    #[getter]
+    fn clock(&self) -> u64 {
+        self.inner.clock()
+    }
+
+    #[getter]
+    fn rule(&self) -> &'static str {
+        self.inner.rule().name()
+    }
+
+    #[getter]
+    fn rule_params(&self) -> HashMap<&'static str, f64> {
+        self.inner.rule().params().into_iter().collect()
+    }
+
+    /// Copies a consistent snapshot into `out`; returns its clock.
+    fn pull(&self, py: Python<'_>, mut out: PyReadwriteArray1<'_, f32>) -> PyResult<u64> {
+        let out = slice_mut(&mut out, "out")?;
+        let centre = &self.inner;
+        released(py, || centre.pull(out))
+    }
+
+    /// A new array holding a snapshot of the centre.
+    fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let mut out = vec![0.0f32; self.inner.len()];
+        let centre = &self.inner;
+        released(py, || centre.pull(&mut out))?;
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// Applies one commit in this process; returns `(clock, staleness)`. `check_finite=False`
+    /// skips the NaN/infinity scan for values already known to be finite.
+    #[pyo3(signature = (delta, last_pull_clock = 0, sent = None, out = None, worker = 0, check_finite = true))]
+    fn commit(
+        &self,
+        py: Python<'_>,
+        delta: PyReadonlyArray1<'_, f32>,
+        last_pull_clock: u64,
+        sent: Option<PyReadonlyArray1<'_, f32>>,
+        mut out: Option<PyReadwriteArray1<'_, f32>>,
+        worker: u32,
+        check_finite: bool,
+    ) -> PyResult<(u64, u64)> {
+        let delta = slice(&delta, "delta")?;
+        let sent = sent.as_ref().map(|s| slice(s, "sent")).transpose()?;
+        let out = out.as_mut().map(|o| slice_mut(o, "out")).transpose()?;
+        let centre = &self.inner;
+        let applied = released(py, || {
+            let delta = if check_finite {
+                Finite::check(delta)?
+            } else {
+                Finite::trusted(delta)
+            };
+            centre.commit(delta, last_pull_clock, sent, out, worker)
+        })?;
+        Ok((applied.clock, applied.staleness))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Centre({} parameters, rule={}, clock={})",
+            self.inner.len(),
+            self.inner.rule().name(),
+            self.inner.clock()
+        )
+    }
+}
+
+/// A running parameter server. It serves until `stop()` (or the end of a `with` block).
+#[pyclass(name = "ParameterServer", module = "distkeras_plus._core")]
+pub struct PyServer {
+    inner: Server,
+}
+
+#[pymethods]
+impl PyServer {
+    #[new]
+    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024))]
+    fn new(
+        py: Python<'_>,
+        centre: &PyCentre,
+        layout: &PyLayout,
+        secret: &[u8],
+        host: &str,
+        port: u16,
+        handshake_timeout: f64,
+        max_connections: usize,
+    ) -> PyResult<Self> {
+        let mut config = ServerConfig::new(host, port, secret.to_vec());
+        config.handshake_timeout = seconds("handshake_timeout", handshake_timeout)?;
+        config.max_connections = max_connections;
+        let (centre, layout) = (Arc::clone(&centre.inner), layout.inner.clone());
+        Ok(PyServer {
+            inner: released(py, || Server::start(centre, layout, config))?,
+        })
+    }
+
+    /// `(host, port)` the server listens on.
+    #[getter]
+    fn address(&self) -> (String, u16) {
+        let a = self.inner.addr();
+        (a.ip().to_string(), a.port())
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.addr().port()
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    #[getter]
+    fn centre(&self) -> PyCentre {
+        PyCentre {
+            inner: Arc::clone(self.inner.centre()),
+        }
+    }
+
+    /// Stops accepting, closes every connection and joins every thread. Safe to call twice.
+    fn stop(&mut self, py: Python<'_>) -> PyResult<()> {
+        let server = &mut self.inner;
+        released(py, || {
+            server.stop();
+            Ok(())
+        })
+    }
+
+    /// Counters: commits, rejected, pulls, bytes in and out, and per-worker staleness.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("clock", s.clock)?;
+        d.set_item("commits", s.commits)?;
+        d.set_item("rejected", s.rejected)?;
+        d.set_item("pulls", s.pulls)?;
+        d.set_item("bytes_in", s.bytes_in)?;
+        d.set_item("bytes_out", s.bytes_out)?;
+        d.set_item("connections", s.connections)?;
+        d.set_item("auth_failures", s.auth_failures)?;
+        d.set_item("protocol_errors", s.protocol_errors)?;
+        d.set_item("workers_connected", s.workers_connected())?;
+        let workers = PyDict::new(py);
+        for (id, w) in &s.workers {
+            let wd = PyDict::new(py);
+            wd.set_item("connected", w.connected)?;
+            wd.set_item("commits", w.commits)?;
+            wd.set_item("pulls", w.pulls)?;
+            wd.set_item("last_staleness", w.last_staleness)?;
+            wd.set_item("max_staleness", w.max_staleness)?;
+            wd.set_item("mean_staleness", w.mean_staleness())?;
+            workers.set_item(id, wd)?;
+        }
+        d.set_item("workers", workers)?;
+        Ok(d)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc_type: Py<PyAny>,
+        _exc: Py<PyAny>,
+        _tb: Py<PyAny>,
+    ) -> PyResult<bool> {
+        self.stop(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let (host, port) = self.address();
+        format!(
+            "ParameterServer({host}:{port}, running={})",
+            self.inner.is_running()
+        )
+    }
+}
+
+/// A worker's connection to the parameter server. Use one per thread.
+#[pyclass(name = "Client", module = "distkeras_plus._core")]
+pub struct PyClient {
+    inner: Client,
+}
+
+#[pymethods]
+impl PyClient {
+    #[new]
+    #[pyo3(signature = (address, secret, layout, worker_id, attempt = 0, connect_timeout = 30.0, timeout = None))]
+    fn new(
+        py: Python<'_>,
+        address: &str,
+        secret: &[u8],
+        layout: &PyLayout,
+        worker_id: u32,
+        attempt: u32,
+        connect_timeout: f64,
+        timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        let connect_timeout = seconds("connect_timeout", connect_timeout)?;
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let (secret, layout) = (secret.to_vec(), &layout.inner);
+        let client = released(py, || {
+            Client::connect(
+                address,
+                &secret,
+                layout,
+                worker_id,
+                attempt,
+                connect_timeout,
+                timeout,
+            )
+        })?;
+        Ok(PyClient { inner: client })
+    }
+
+    #[getter]
+    fn num_params(&self) -> usize {
+        self.inner.num_params()
+    }
+    #[getter]
+    fn worker_id(&self) -> u32 {
+        self.inner.worker_id()
+    }
+    #[getter]
+    fn last_pull_clock(&self) -> u64 {
+        self.inner.last_pull_clock()
+    }
+    #[getter]
+    fn replies_with_vector(&self) -> bool {
+        self.inner.replies_with_vector()
+    }
+    #[getter]
+    fn bytes_in(&self) -> u64 {
+        self.inner.bytes_in()
+    }
+    #[getter]
+    fn bytes_out(&self) -> u64 {
+        self.inner.bytes_out()
+    }
+
+    /// Fetches the centre into the preallocated float32 array `out`; returns its clock.
+    fn pull(&mut self, py: Python<'_>, mut out: PyReadwriteArray1<'_, f32>) -> PyResult<u64> {
+        let out = slice_mut(&mut out, "out")?;
+        let client = &mut self.inner;
+        released(py, || client.pull(out))
+    }
+
+    /// Sends `delta` straight from its buffer; returns `(clock, staleness)`. Rules that answer
+    /// with a vector (elastic, sync) write it into `out`.
+    #[pyo3(signature = (delta, out = None))]
+    fn commit(
+        &mut self,
+        py: Python<'_>,
+        delta: PyReadonlyArray1<'_, f32>,
+        mut out: Option<PyReadwriteArray1<'_, f32>>,
+    ) -> PyResult<(u64, u64)> {
+        let delta = slice(&delta, "delta")?;
+        let out = out.as_mut().map(|o| slice_mut(o, "out")).transpose()?;
+        let client = &mut self.inner;
+        let applied = released(py, || client.commit(delta, out))?;
+        Ok((applied.clock, applied.staleness))
+    }
+
+    /// The server's counters as seen over the wire.
+    fn stats(&mut self, py: Python<'_>) -> PyResult<HashMap<&'static str, u64>> {
+        let client = &mut self.inner;
+        Ok(released(py, || client.stats())?.into_iter().collect())
+    }
+
+    fn close(&mut self, py: Python<'_>) {
+        let client = &mut self.inner;
+        py.detach(|| client.close());
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc_type: Py<PyAny>,
+        _exc: Py<PyAny>,
+        _tb: Py<PyAny>,
+    ) -> bool {
+        self.close(py);
+        false
+    }
+}

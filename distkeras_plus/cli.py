@@ -1,0 +1,186 @@
+"""The `dk` command line."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from distkeras_plus import __version__
+from distkeras_plus._core import DkError
+from distkeras_plus.ps import (
+    flat_weights,
+    model_weights,
+    new_secret,
+    parse_rule_params,
+    read_secret,
+    start_server,
+    write_secret,
+)
+
+
+class UserError(click.ClickException):
+    """A problem the user can fix: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
+OUTPUT_FORMAT = click.option(
+    "--output-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="DK_OUTPUT_FORMAT",
+    help="Human-readable text or one JSON object per line.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DK"})
+@click.version_option(__version__, prog_name="dk")
+def main() -> None:
+    """distkeras-plus: data-parallel Keras training on Spark."""
+
+
+@main.group()
+def ps() -> None:
+    """The parameter server on its own."""
+
+
+@ps.command("serve")
+@click.option("--params", "num_params", type=click.IntRange(min=1), help="Serve this many zero parameters.")
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Serve the weights of this .keras model.",
+)
+@click.option("--rule", default="add", show_default=True, help="Update rule: add, dynsgd, adaptive, elastic, sync.")
+@click.option("--rule-param", multiple=True, metavar="KEY=VALUE", help="A rule parameter, e.g. scale=0.5.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port to bind; 0 picks a free one.")
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Hex secret that workers must hold; created if missing (default: a new private temp file).",
+)
+@OUTPUT_FORMAT
+def ps_serve(
+    num_params: int | None,
+    model: Path | None,
+    rule: str,
+    rule_param: tuple[str, ...],
+    host: str,
+    port: int,
+    secret_file: Path | None,
+    output_format: str,
+) -> None:
+    """Serve a parameter server until interrupted (Ctrl-C or SIGTERM)."""
+    if (num_params is None) == (model is None):
+        raise UserError("give exactly one of --params N or --model FILE.keras")
+    try:
+        weights = model_weights(model) if model is not None else flat_weights(num_params or 0)
+        secret, secret_file = _secret(secret_file)
+        server = start_server(weights, secret, rule, parse_rule_params(rule_param), host, port)
+    except (DkError, ValueError, OSError) as e:
+        raise UserError(str(e)) from e
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    bound_host, bound_port = server.address
+    info = {
+        "host": bound_host,
+        "port": bound_port,
+        "num_params": weights.layout.num_params,
+        "tensors": len(weights.layout.shapes),
+        "rule": rule,
+        "secret_file": str(secret_file),
+    }
+    if output_format == "json":
+        click.echo(json.dumps({"event": "listening", **info}))
+    else:
+        click.echo(
+            f"parameter server listening on {bound_host}:{bound_port} "
+            f"({info['num_params']} parameters in {info['tensors']} tensors, rule {rule}); "
+            f"secret in {secret_file}"
+        )
+    sys.stdout.flush()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    stats = server.stats()
+    if output_format == "json":
+        click.echo(json.dumps({"event": "stopped", **stats}, default=str))
+    else:
+        click.echo(
+            f"stopped after {stats['commits']} commits and {stats['pulls']} pulls "
+            f"({stats['bytes_in']} bytes in, {stats['bytes_out']} bytes out)"
+        )
+
+
+def _secret(path: Path | None) -> tuple[bytes, Path]:
+    if path is not None and path.exists():
+        return read_secret(path), path
+    if path is None:
+        path = Path(tempfile.mkdtemp(prefix="dk-ps-")) / "secret"
+    secret = new_secret()
+    write_secret(path, secret)
+    return secret, path
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks, each measured against its baseline in the same run."""
+
+
+@bench.command("ps")
+@click.option(
+    "--sizes",
+    default="1000000,10000000",
+    show_default=True,
+    help="Comma-separated parameter counts.",
+)
+@click.option("--clients", default="1,8", show_default=True, help="Comma-separated numbers of concurrent clients.")
+@click.option("--quick", is_flag=True, help="Fewer repetitions: a smoke run, not figures to record.")
+@click.option(
+    "--suite",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The benchmarks/ folder of a source checkout (default: found from here).",
+)
+@OUTPUT_FORMAT
+def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_format: str) -> None:
+    """Parameter server: apply, round trips and the original-style baseline."""
+    try:
+        size_list = [int(float(s)) for s in sizes.split(",") if s.strip()]
+        client_list = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError as e:
+        raise UserError(f"--sizes and --clients take comma-separated numbers: {e}") from e
+    module = _benchmarks(suite, "ps")
+    results: dict[str, Any] = module.run(size_list, client_list, quick=quick)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(module.render(results))
+
+
+def _benchmarks(suite: Path | None, name: str) -> Any:
+    """Imports `benchmarks.<name>` from a source checkout: benchmarks ship with the source, not the wheel."""
+    candidates = [suite] if suite else [Path.cwd() / "benchmarks", Path(__file__).resolve().parent.parent / "benchmarks"]
+    for folder in candidates:
+        if folder is not None and (folder / "__init__.py").is_file():
+            root = str(folder.resolve().parent)
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return importlib.import_module(f"benchmarks.{name}")
+    raise UserError("benchmarks live in the source checkout: run dk bench from it, or pass --suite PATH/benchmarks")

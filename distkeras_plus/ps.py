@@ -1,0 +1,78 @@
+"""Running a parameter server from Python: run secrets, initial weights, rule parameters."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from distkeras_plus._core import Centre, Layout, ParameterServer
+from distkeras_plus.weights import FlatWeights
+
+SECRET_BYTES = 32
+
+
+def new_secret() -> bytes:
+    """A fresh per-run secret for the worker handshake."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def read_secret(path: Path) -> bytes:
+    """Reads a secret written by `write_secret` (hex text)."""
+    text = path.read_text().strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"{path} does not hold a hex secret") from None
+    if len(secret) < 16:
+        raise ValueError(f"the secret in {path} is shorter than 16 bytes")
+    return secret
+
+
+def write_secret(path: Path, secret: bytes) -> None:
+    """Writes `secret` as hex to a new file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+
+
+def parse_rule_params(items: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """`["alpha=0.5", "workers=2"]` -> `{"alpha": 0.5, "workers": 2.0}`."""
+    params: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"rule parameter {item!r} is not of the form key=value")
+        try:
+            params[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"rule parameter {key!r} needs a number, got {value!r}") from None
+    return params
+
+
+def model_weights(path: Path) -> FlatWeights:
+    """Loads a `.keras` file (in Keras' safe mode) and returns its weights, flattened."""
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    import keras  # imported here: loading TensorFlow takes seconds and only this path needs it
+
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    return FlatWeights.from_arrays(model.get_weights())
+
+
+def start_server(
+    weights: FlatWeights,
+    secret: bytes,
+    rule: str = "add",
+    params: dict[str, float] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> ParameterServer:
+    """Starts serving `weights` as the centre variable under `rule`."""
+    centre = Centre(weights.flat, rule, params)
+    return ParameterServer(centre, weights.layout, secret, host=host, port=port)
+
+
+def flat_weights(num_params: int) -> FlatWeights:
+    """Zero weights in one flat tensor, for a server that only needs a size."""
+    return FlatWeights(Layout.flat(num_params))
