@@ -1,4 +1,6 @@
 //! The Python classes of `distkeras_plus._core`. Each one owns a core object and forwards to it.
+// Python methods take their keyword arguments one to one, so long parameter lists are expected here.
+#![allow(clippy::too_many_arguments)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::{released, to_py, LayoutMismatchError};
+use super::{released, to_py, LayoutMismatchError, ServerClosedError};
 use crate::centre::{Centre, Finite};
 use crate::client::Client;
 use crate::layout::Layout;
@@ -347,7 +349,23 @@ impl PyServer {
 /// A worker's connection to the parameter server. Use one per thread.
 #[pyclass(name = "Client", module = "distkeras_plus._core")]
 pub struct PyClient {
-    inner: Client,
+    /// `None` once closed: closing drops the socket at once instead of when Python collects us.
+    inner: Option<Client>,
+    /// Traffic totals, kept readable after close.
+    closed_bytes: (u64, u64),
+}
+
+impl PyClient {
+    fn open(&mut self) -> PyResult<&mut Client> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| ServerClosedError::new_err("this client is closed"))
+    }
+    fn get(&self) -> PyResult<&Client> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| ServerClosedError::new_err("this client is closed"))
+    }
 }
 
 #[pymethods]
@@ -378,38 +396,45 @@ impl PyClient {
                 timeout,
             )
         })?;
-        Ok(PyClient { inner: client })
+        Ok(PyClient {
+            inner: Some(client),
+            closed_bytes: (0, 0),
+        })
     }
 
     #[getter]
-    fn num_params(&self) -> usize {
-        self.inner.num_params()
+    fn num_params(&self) -> PyResult<usize> {
+        Ok(self.get()?.num_params())
     }
     #[getter]
-    fn worker_id(&self) -> u32 {
-        self.inner.worker_id()
+    fn worker_id(&self) -> PyResult<u32> {
+        Ok(self.get()?.worker_id())
     }
     #[getter]
-    fn last_pull_clock(&self) -> u64 {
-        self.inner.last_pull_clock()
+    fn last_pull_clock(&self) -> PyResult<u64> {
+        Ok(self.get()?.last_pull_clock())
     }
     #[getter]
-    fn replies_with_vector(&self) -> bool {
-        self.inner.replies_with_vector()
+    fn replies_with_vector(&self) -> PyResult<bool> {
+        Ok(self.get()?.replies_with_vector())
     }
     #[getter]
     fn bytes_in(&self) -> u64 {
-        self.inner.bytes_in()
+        self.inner
+            .as_ref()
+            .map_or(self.closed_bytes.0, Client::bytes_in)
     }
     #[getter]
     fn bytes_out(&self) -> u64 {
-        self.inner.bytes_out()
+        self.inner
+            .as_ref()
+            .map_or(self.closed_bytes.1, Client::bytes_out)
     }
 
     /// Fetches the centre into the preallocated float32 array `out`; returns its clock.
     fn pull(&mut self, py: Python<'_>, mut out: PyReadwriteArray1<'_, f32>) -> PyResult<u64> {
         let out = slice_mut(&mut out, "out")?;
-        let client = &mut self.inner;
+        let client = self.open()?;
         released(py, || client.pull(out))
     }
 
@@ -424,20 +449,23 @@ impl PyClient {
     ) -> PyResult<(u64, u64)> {
         let delta = slice(&delta, "delta")?;
         let out = out.as_mut().map(|o| slice_mut(o, "out")).transpose()?;
-        let client = &mut self.inner;
+        let client = self.open()?;
         let applied = released(py, || client.commit(delta, out))?;
         Ok((applied.clock, applied.staleness))
     }
 
     /// The server's counters as seen over the wire.
     fn stats(&mut self, py: Python<'_>) -> PyResult<HashMap<&'static str, u64>> {
-        let client = &mut self.inner;
+        let client = self.open()?;
         Ok(released(py, || client.stats())?.into_iter().collect())
     }
 
+    /// Says goodbye and closes the socket. Safe to call twice.
     fn close(&mut self, py: Python<'_>) {
-        let client = &mut self.inner;
-        py.detach(|| client.close());
+        if let Some(mut client) = self.inner.take() {
+            py.detach(|| client.close());
+            self.closed_bytes = (client.bytes_in(), client.bytes_out());
+        }
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from distkeras_plus import Centre, Layout, ParameterServer
+from distkeras_plus.ps import new_secret
+
+
+@pytest.fixture
+def secret() -> bytes:
+    return new_secret()
+
+
+@pytest.fixture
+def server(secret: bytes) -> Iterator[ParameterServer]:
+    """An `add` server over 1000 parameters, all 1.0, on an ephemeral loopback port."""
+    centre = Centre(np.ones(1000, dtype=np.float32), "add")
+    with ParameterServer(centre, Layout.flat(1000), secret) as s:
+        yield s
+
+
+def address(server: ParameterServer) -> str:
+    host, port = server.address
+    return f"{host}:{port}"

@@ -1,0 +1,117 @@
+"""The wire protocol written out by hand with `struct` and `hmac`, to send the server exactly the
+bytes a test wants (good or hostile). It follows docs/protocol.md, independently of the Rust client."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import socket
+import struct
+
+MAGIC = b"DKPS"
+VERSION = 1
+OPS = {
+    "challenge": 1,
+    "hello": 2,
+    "welcome": 3,
+    "error": 4,
+    "pull": 5,
+    "centre": 6,
+    "commit": 7,
+    "committed": 8,
+    "stats": 9,
+    "stats_reply": 10,
+    "bye": 11,
+}
+ERROR_CODES = {1: "authentication", 2: "layout", 3: "protocol", 4: "rejected", 5: "closed"}
+
+
+def header(op: int, length: int, version: int = VERSION, magic: bytes = MAGIC, reserved: int = 0) -> bytes:
+    return magic + struct.pack("<BBHQ", version, op, reserved, length)
+
+
+def frame(op: str, payload: bytes = b"") -> bytes:
+    return header(OPS[op], len(payload)) + payload
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    head = recv_exact(sock, 16)
+    assert head[:4] == MAGIC, head
+    op, length = head[5], struct.unpack("<Q", head[8:])[0]
+    return op, recv_exact(sock, length)
+
+
+def error_of(op: int, payload: bytes) -> tuple[str, str]:
+    assert op == OPS["error"], f"expected an error frame, got op {op}"
+    return ERROR_CODES[struct.unpack("<H", payload[:2])[0]], payload[2:].decode()
+
+
+def layout_hash(shapes: list[list[int]]) -> bytes:
+    h = hashlib.sha256(b"distkeras-plus layout v1 float32")
+    h.update(struct.pack("<Q", len(shapes)))
+    for shape in shapes:
+        h.update(struct.pack("<Q", len(shape)))
+        for d in shape:
+            h.update(struct.pack("<Q", d))
+    return h.digest()
+
+
+class RawWorker:
+    """A worker speaking the protocol from Python, one frame at a time."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        op, payload = read_frame(self.sock)
+        assert op == OPS["challenge"] and len(payload) == 32
+        self.server_nonce = payload
+
+    def hello_payload(
+        self, secret: bytes, shapes: list[list[int]], worker_id: int = 0, attempt: int = 0
+    ) -> bytes:
+        client_nonce = os.urandom(32)
+        lh = layout_hash(shapes)
+        ids = struct.pack("<II", worker_id, attempt)
+        mac = hmac.new(
+            secret, b"distkeras-plus hello v1" + self.server_nonce + ids + client_nonce + lh, hashlib.sha256
+        ).digest()
+        self.client_nonce = client_nonce
+        return ids + client_nonce + lh + mac
+
+    def hello(self, secret: bytes, shapes: list[list[int]], worker_id: int = 0, attempt: int = 0) -> tuple[int, bytes]:
+        self.sock.sendall(frame("hello", self.hello_payload(secret, shapes, worker_id, attempt)))
+        op, payload = read_frame(self.sock)
+        if op == OPS["welcome"]:
+            expected = hmac.new(
+                secret, b"distkeras-plus welcome v1" + self.client_nonce + self.server_nonce, hashlib.sha256
+            ).digest()
+            assert hmac.compare_digest(payload[:32], expected), "server failed to prove the secret"
+        return op, payload
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def commit_frame(self, values: bytes, worker_id: int = 0, seq: int = 1, clock: int = 0) -> bytes:
+        return frame("commit", struct.pack("<IIQQ", worker_id, 0, seq, clock) + values)
+
+    def closed_by_server(self) -> bool:
+        """True once the server has closed: reads until EOF (or a reset)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
