@@ -76,7 +76,9 @@ def bench_apply(n: int, reps: int) -> dict[str, Any]:
 # ---- round trips: each client is its own process, timed between a barrier and its last reply ----
 
 
-def _client(kind: str, port: int, secret: bytes, n: int, rounds: int, worker: int, barrier: Any, results: Any) -> None:
+def _client(
+    kind: str, port: int, secret: bytes, n: int, rounds: int, worker: int, barrier: Any, results: Any
+) -> None:
     buf = np.zeros(n, dtype=np.float32)
     delta = np.ones(n, dtype=np.float32)
     if kind == "rust":
@@ -89,10 +91,10 @@ def _client(kind: str, port: int, secret: bytes, n: int, rounds: int, worker: in
     elif kind == "socket":
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        view = memoryview(buf).cast("B")
+        view = memoryview(buf.data).cast("B")
 
         def round_trip() -> None:
-            sock.sendall(delta)
+            sock.sendall(delta.data)
             got = 0
             while got < len(view):
                 got += sock.recv_into(view[got:])
@@ -167,7 +169,7 @@ def _run_clients(kind: str, port: int, secret: bytes, n: int, clients: int, roun
         if p.exitcode != 0:
             raise RuntimeError(f"{kind} client exited with {p.exitcode}")
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
-    return 2 * 4 * n * rounds * clients / wall / 1e9  # GB/s of weights moved (pulled + committed)
+    return float(2 * 4 * n * rounds * clients / wall / 1e9)  # GB/s of weights moved (pulled + committed)
 
 
 def bench_round_trips(n: int, clients: int, rounds: int, original_rounds: int) -> dict[str, Any]:
@@ -220,7 +222,10 @@ def run(sizes: list[int], clients: list[int], quick: bool = False) -> dict[str, 
         "apply": apply,
         "round_trips": trips,
         "targets_met": all(a["ratio"] >= a["target"] for a in apply)
-        and all(t["vs_socket"] >= t["target_vs_socket"] and t["vs_original"] >= t["target_vs_original"] for t in trips),
+        and all(
+            t["vs_socket"] >= t["target_vs_socket"] and t["vs_original"] >= t["target_vs_original"]
+            for t in trips
+        ),
     }
 
 

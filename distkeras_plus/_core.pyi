@@ -2,12 +2,27 @@
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, Self, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
 
-F32 = npt.NDArray[np.float32]
+_F32: TypeAlias = npt.NDArray[np.float32]
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "RULES",
+    "AuthenticationError",
+    "Centre",
+    "Client",
+    "CommitRejectedError",
+    "DkError",
+    "Layout",
+    "LayoutMismatchError",
+    "ParameterServer",
+    "ProtocolError",
+    "ServerClosedError",
+]
 
 RULES: Final[str]
 PROTOCOL_VERSION: Final[int]
@@ -19,10 +34,11 @@ class ProtocolError(DkError): ...
 class CommitRejectedError(DkError): ...
 class ServerClosedError(DkError): ...
 
+@final
 class Layout:
     """The shapes of a model's weight tensors, laid end to end in one flat float32 vector."""
 
-    def __init__(self, shapes: Sequence[Sequence[int]]) -> None: ...
+    def __new__(cls, shapes: Sequence[Sequence[int]]) -> Self: ...
     @staticmethod
     def flat(num_params: int) -> Layout: ...
     @property
@@ -33,14 +49,13 @@ class Layout:
     def offsets(self) -> list[int]: ...
     @property
     def hash(self) -> bytes: ...
-    def flatten_into(self, arrays: Sequence[npt.NDArray[np.float32]], out: F32) -> None: ...
+    def flatten_into(self, arrays: Sequence[npt.NDArray[np.float32]], out: _F32) -> None: ...
 
+@final
 class Centre:
     """The centre variable and its update rule, shared by the server and the driver."""
 
-    def __init__(
-        self, initial: F32, rule: str = "add", params: Mapping[str, float] | None = None
-    ) -> None: ...
+    def __new__(cls, initial: _F32, rule: str = "add", params: Mapping[str, float] | None = None) -> Self: ...
     @property
     def num_params(self) -> int: ...
     @property
@@ -49,23 +64,24 @@ class Centre:
     def rule(self) -> str: ...
     @property
     def rule_params(self) -> dict[str, float]: ...
-    def pull(self, out: F32) -> int: ...
-    def to_numpy(self) -> F32: ...
+    def pull(self, out: _F32) -> int: ...
+    def to_numpy(self) -> _F32: ...
     def commit(
         self,
-        delta: F32,
+        delta: _F32,
         last_pull_clock: int = 0,
-        sent: F32 | None = None,
-        out: F32 | None = None,
+        sent: _F32 | None = None,
+        out: _F32 | None = None,
         worker: int = 0,
         check_finite: bool = True,
     ) -> tuple[int, int]: ...
 
+@final
 class ParameterServer:
     """A running parameter server. It serves until `stop()` (or the end of a `with` block)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         centre: Centre,
         layout: Layout,
         secret: bytes,
@@ -73,7 +89,7 @@ class ParameterServer:
         port: int = 0,
         handshake_timeout: float = 10.0,
         max_connections: int = 1024,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...
     @property
@@ -83,7 +99,7 @@ class ParameterServer:
     @property
     def centre(self) -> Centre: ...
     def stop(self) -> None: ...
-    def stats(self) -> dict[str, object]: ...
+    def stats(self) -> dict[str, Any]: ...
     def __enter__(self) -> ParameterServer: ...
     def __exit__(
         self,
@@ -92,11 +108,12 @@ class ParameterServer:
         tb: TracebackType | None,
     ) -> bool: ...
 
+@final
 class Client:
     """A worker's connection to the parameter server. Use one per thread."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         address: str,
         secret: bytes,
         layout: Layout,
@@ -104,7 +121,7 @@ class Client:
         attempt: int = 0,
         connect_timeout: float = 30.0,
         timeout: float | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def num_params(self) -> int: ...
     @property
@@ -117,8 +134,8 @@ class Client:
     def bytes_in(self) -> int: ...
     @property
     def bytes_out(self) -> int: ...
-    def pull(self, out: F32) -> int: ...
-    def commit(self, delta: F32, out: F32 | None = None) -> tuple[int, int]: ...
+    def pull(self, out: _F32) -> int: ...
+    def commit(self, delta: _F32, out: _F32 | None = None) -> tuple[int, int]: ...
     def stats(self) -> dict[str, int]: ...
     def close(self) -> None: ...
     def __enter__(self) -> Client: ...

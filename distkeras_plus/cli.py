@@ -61,7 +61,9 @@ def ps() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Serve the weights of this .keras model.",
 )
-@click.option("--rule", default="add", show_default=True, help="Update rule: add, dynsgd, adaptive, elastic, sync.")
+@click.option(
+    "--rule", default="add", show_default=True, help="Update rule: add, dynsgd, adaptive, elastic, sync."
+)
 @click.option("--rule-param", multiple=True, metavar="KEY=VALUE", help="A rule parameter, e.g. scale=0.5.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="Port to bind; 0 picks a free one.")
@@ -151,7 +153,9 @@ def bench() -> None:
     show_default=True,
     help="Comma-separated parameter counts.",
 )
-@click.option("--clients", default="1,8", show_default=True, help="Comma-separated numbers of concurrent clients.")
+@click.option(
+    "--clients", default="1,8", show_default=True, help="Comma-separated numbers of concurrent clients."
+)
 @click.option("--quick", is_flag=True, help="Fewer repetitions: a smoke run, not figures to record.")
 @click.option(
     "--suite",
@@ -176,11 +180,17 @@ def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_f
 
 def _benchmarks(suite: Path | None, name: str) -> Any:
     """Imports `benchmarks.<name>` from a source checkout: benchmarks ship with the source, not the wheel."""
-    candidates = [suite] if suite else [Path.cwd() / "benchmarks", Path(__file__).resolve().parent.parent / "benchmarks"]
+    candidates = (
+        [suite]
+        if suite
+        else [Path.cwd() / "benchmarks", Path(__file__).resolve().parent.parent / "benchmarks"]
+    )
     for folder in candidates:
         if folder is not None and (folder / "__init__.py").is_file():
             root = str(folder.resolve().parent)
             if root not in sys.path:
                 sys.path.insert(0, root)
             return importlib.import_module(f"benchmarks.{name}")
-    raise UserError("benchmarks live in the source checkout: run dk bench from it, or pass --suite PATH/benchmarks")
+    raise UserError(
+        "benchmarks live in the source checkout: run dk bench from it, or pass --suite PATH/benchmarks"
+    )

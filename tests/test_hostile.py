@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -46,7 +47,17 @@ def authed(server: ParameterServer, secret: bytes, worker_id: int = 0) -> RawWor
         frame("pull"),  # anything but hello before authentication
         frame("hello", b"short"),
     ],
-    ids=["http", "zeros", "bad-magic", "bad-version", "unknown-op", "reserved", "oversized", "pull-first", "short"],
+    ids=[
+        "http",
+        "zeros",
+        "bad-magic",
+        "bad-version",
+        "unknown-op",
+        "reserved",
+        "oversized",
+        "pull-first",
+        "short",
+    ],
 )
 def test_garbage_before_hello_is_refused(server: ParameterServer, secret: bytes, garbage: bytes) -> None:
     w = RawWorker(server.port)
@@ -105,9 +116,20 @@ def test_wrong_layout_is_refused(server: ParameterServer, secret: bytes) -> None
         lambda w: b"DKPS\x01",  # a truncated header, then the connection closes
         lambda w: w.commit_frame(np.ones(N, dtype=np.float32).tobytes())[: 24 + 2 * N],  # truncated commit
     ],
-    ids=["commit-long", "commit-short", "oversized", "pull-payload", "second-hello", "unknown-op", "cut-header", "cut-commit"],
+    ids=[
+        "commit-long",
+        "commit-short",
+        "oversized",
+        "pull-payload",
+        "second-hello",
+        "unknown-op",
+        "cut-header",
+        "cut-commit",
+    ],
 )
-def test_malformed_frames_after_auth_change_nothing(server: ParameterServer, secret: bytes, make_frame) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_frames_after_auth_change_nothing(
+    server: ParameterServer, secret: bytes, make_frame: Callable[[RawWorker], bytes]
+) -> None:
     w = authed(server, secret)
     w.send(make_frame(w))
     w.sock.shutdown(socket.SHUT_WR)
@@ -150,7 +172,9 @@ def test_duplicate_sequence_numbers_are_applied_once(server: ParameterServer, se
     assert server.stats()["rejected"] == 3
 
 
-def test_commit_for_another_worker_or_from_the_future_is_rejected(server: ParameterServer, secret: bytes) -> None:
+def test_commit_for_another_worker_or_from_the_future_is_rejected(
+    server: ParameterServer, secret: bytes
+) -> None:
     w = authed(server, secret, worker_id=1)
     ones = np.ones(N, dtype=np.float32).tobytes()
     w.send(w.commit_frame(ones, worker_id=2, seq=1))

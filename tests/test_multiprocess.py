@@ -48,7 +48,8 @@ def test_processes_and_threads_sum_exactly(secret: bytes) -> None:
     with ParameterServer(centre, Layout.flat(N), secret) as server:
         ctx = mp.get_context("spawn")
         procs = [
-            ctx.Process(target=worker_process, args=(server.port, secret, p * THREADS)) for p in range(PROCESSES)
+            ctx.Process(target=worker_process, args=(server.port, secret, p * THREADS))
+            for p in range(PROCESSES)
         ]
         for p in procs:
             p.start()
@@ -61,4 +62,4 @@ def test_processes_and_threads_sum_exactly(secret: bytes) -> None:
     result = centre.to_numpy()
     assert np.array_equal(result.astype(np.int64), expected)
     assert centre.clock == stats["commits"] == workers * COMMITS
-    assert len(stats["workers"]) == workers  # type: ignore[arg-type]
+    assert len(stats["workers"]) == workers

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,22 +18,38 @@ from distkeras_plus.ps import new_secret
 
 N = 257
 WORKERS = 3
-ops = st.lists(st.tuples(st.integers(0, WORKERS - 1), st.sampled_from(["pull", "commit"])), min_size=1, max_size=30)
+ops = st.lists(
+    st.tuples(st.integers(0, WORKERS - 1), st.sampled_from(["pull", "commit"])), min_size=1, max_size=30
+)
 
-F32 = np.ndarray
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class Model:
+    """The NumPy side: centre `C` (float64), clock `u`, and per worker (clock, centre) of its last pull."""
+
+    C: F64
+    u: int = 0
+    pulled: dict[int, tuple[int, F64]] = field(default_factory=dict)
+
+    def staleness(self, w: int) -> int:
+        return self.u - self.pulled[w][0]
+
+
+Rule = Callable[[F64, F32, int, Model], tuple[F64, F64 | None]]
 
 
 def run_script(
-    rule: str,
-    params: dict[str, float],
-    script: list[tuple[int, str]],
-    model_commit: Callable[[F32, F32, int, dict[str, object]], tuple[F32, F32 | None]],
+    rule: str, params: dict[str, float], script: list[tuple[int, str]], model_commit: Rule
 ) -> None:
     """Plays `script` against a real server and against `model_commit`, comparing after every step."""
     rng = np.random.default_rng(len(script))
     init = rng.standard_normal(N).astype(np.float32)
     secret = new_secret()
-    model = {"C": init.astype(np.float64), "u": 0, "pulled": {w: (0, init.astype(np.float64)) for w in range(WORKERS)}}
+    model = Model(init.astype(np.float64))
+    model.pulled = {w: (0, model.C.copy()) for w in range(WORKERS)}
     with ParameterServer(Centre(init, rule, params), Layout.flat(N), secret) as server:
         clients = [Client(f"127.0.0.1:{server.port}", secret, Layout.flat(N), w) for w in range(WORKERS)]
         buf = np.zeros(N, dtype=np.float32)
@@ -39,20 +57,20 @@ def run_script(
         for w, op in script:
             if op == "pull":
                 clock = clients[w].pull(buf)
-                assert clock == model["u"]
-                np.testing.assert_allclose(buf, model["C"], rtol=1e-5, atol=1e-5)
-                model["pulled"][w] = (model["u"], model["C"].copy())  # type: ignore[index]
+                assert clock == model.u
+                np.testing.assert_allclose(buf, model.C, rtol=1e-5, atol=1e-5)
+                model.pulled[w] = (model.u, model.C.copy())
             else:
                 d = (rng.standard_normal(N) * 0.1).astype(np.float32)
                 kwargs = {"out": reply} if clients[w].replies_with_vector else {}
                 clock, staleness = clients[w].commit(d, **kwargs)
-                expected_tau = model["u"] - model["pulled"][w][0]  # type: ignore[index, operator]
-                model["C"], expected_reply = model_commit(model["C"], d, w, model)  # type: ignore[arg-type]
-                model["u"] += 1  # type: ignore[operator]
-                assert (clock, staleness) == (model["u"], expected_tau)
+                expected_tau = model.staleness(w)
+                model.C, expected_reply = model_commit(model.C, d, w, model)
+                model.u += 1
+                assert (clock, staleness) == (model.u, expected_tau)
                 if expected_reply is not None:
                     np.testing.assert_allclose(reply, expected_reply, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(server.centre.to_numpy(), model["C"], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(server.centre.to_numpy(), model.C, rtol=1e-5, atol=1e-5)
         for c in clients:
             c.close()
 
@@ -66,9 +84,8 @@ def test_add_with_scale(script: list[tuple[int, str]], scale: float) -> None:
 @settings(max_examples=20, deadline=None)
 @given(ops)
 def test_dynsgd_divides_by_staleness_plus_one(script: list[tuple[int, str]]) -> None:
-    def rule(C: F32, d: F32, w: int, m: dict[str, object]) -> tuple[F32, None]:
-        tau = m["u"] - m["pulled"][w][0]  # type: ignore[index, operator]
-        return C + d / (tau + 1), None
+    def rule(C: F64, d: F32, w: int, m: Model) -> tuple[F64, None]:
+        return C + d / (m.staleness(w) + 1), None
 
     run_script("dynsgd", {}, script, rule)
 
@@ -80,8 +97,8 @@ def test_adaptive_scales_each_weight_by_its_drift(script: list[tuple[int, str]])
     # The adaptive rule needs each worker to have pulled once: start every script with pulls.
     script = [(w, "pull") for w in range(WORKERS)] + script
 
-    def rule(C: F32, d: F32, w: int, m: dict[str, object]) -> tuple[F32, None]:
-        sent = m["pulled"][w][1]  # type: ignore[index]
+    def rule(C: F64, d: F32, w: int, m: Model) -> tuple[F64, None]:
+        sent = m.pulled[w][1]
         return C + d / ((C - sent) ** 2 / gamma + 1), None
 
     run_script("adaptive", {"gamma": gamma}, script, rule)
@@ -90,7 +107,7 @@ def test_adaptive_scales_each_weight_by_its_drift(script: list[tuple[int, str]])
 @settings(max_examples=20, deadline=None)
 @given(ops, st.sampled_from([0.5, 0.1]))
 def test_elastic_moves_the_centre_toward_the_worker(script: list[tuple[int, str]], alpha: float) -> None:
-    def rule(C: F32, w_weights: F32, w: int, m: dict[str, object]) -> tuple[F32, F32]:
+    def rule(C: F64, w_weights: F32, w: int, m: Model) -> tuple[F64, F64]:
         e = alpha * (w_weights - C)
         return C + e, e
 
@@ -105,10 +122,12 @@ def test_adaptive_refuses_a_commit_before_any_pull() -> None:
                 c.commit(np.ones(N, np.float32))
 
 
-def sync_rounds(rule_scale: float, rounds: int, make_delta: Callable[[int, int, F32], F32]) -> tuple[list[F32], F32]:
+def sync_rounds(
+    rule_scale: float, rounds: int, make_delta: Callable[[int, int, F32], F32]
+) -> tuple[list[F32], F32]:
     """Runs `rounds` synchronous rounds with WORKERS threads; returns each worker's final reply."""
     secret = new_secret()
-    init = np.arange(N, dtype=np.float32) / N
+    init = (np.arange(N) / N).astype(np.float32)
     centre = Centre(init, "sync", {"workers": WORKERS, "scale": rule_scale})
     finals: list[F32] = [np.zeros(N, np.float32) for _ in range(WORKERS)]
     errors: list[BaseException] = []
@@ -159,7 +178,7 @@ def test_sync_easgd_sums_the_elastic_differences() -> None:
 
 
 def test_local_centre_commit_matches_numpy() -> None:
-    init = np.linspace(-1, 1, N, dtype=np.float32)
+    init = np.linspace(-1, 1, N).astype(np.float32)
     centre = Centre(init, "add", {"scale": 0.5})
     d = np.full(N, 2.0, dtype=np.float32)
     assert centre.commit(d) == (1, 0)

@@ -88,7 +88,9 @@ class RawWorker:
         self.client_nonce = client_nonce
         return ids + client_nonce + lh + mac
 
-    def hello(self, secret: bytes, shapes: list[list[int]], worker_id: int = 0, attempt: int = 0) -> tuple[int, bytes]:
+    def hello(
+        self, secret: bytes, shapes: list[list[int]], worker_id: int = 0, attempt: int = 0
+    ) -> tuple[int, bytes]:
         self.sock.sendall(frame("hello", self.hello_payload(secret, shapes, worker_id, attempt)))
         op, payload = read_frame(self.sock)
         if op == OPS["welcome"]:

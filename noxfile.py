@@ -1,0 +1,70 @@
+"""Sessions: `nox -s lint typecheck rust tests slow` is what CI runs; `nox -s bench` records figures."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "rust", "tests", "slow"]
+nox.options.reuse_venv = "yes"
+
+TEST_DEPS = [".[test]"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The Python suite (fast cases); builds and installs the package first."""
+    session.install(*TEST_DEPS)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """End-to-end cases too slow to run on every edit."""
+    session.install(*TEST_DEPS)
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, cargo fmt and clippy with warnings as errors."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("cargo", "fmt", "--all", "--check", external=True)
+    session.run("cargo", "clippy", "--all-targets", "--", "-D", "warnings", external=True)
+    # The PyO3 layer too; its build script needs this session's Python.
+    session.run(
+        "cargo",
+        "clippy",
+        "--all-targets",
+        "--features",
+        "python",
+        "--",
+        "-D",
+        "warnings",
+        external=True,
+        env={"PYO3_PYTHON": session.virtualenv.location + "/bin/python"},
+    )
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package, tests and benchmarks; stubtest checks `_core.pyi` against the module."""
+    session.install("--no-deps", ".")
+    session.install("numpy", "click", "pluggy", "mypy", "pytest", "hypothesis")
+    session.run("mypy")
+    session.run("python", "-m", "mypy.stubtest", "distkeras_plus._core")
+
+
+@nox.session(venv_backend="none")
+def rust(session: nox.Session) -> None:
+    """The Rust core's unit and integration tests."""
+    session.run("cargo", "test", "--all-targets", external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark with its baseline; copy the figures into docs/benchmarks.md."""
+    session.install(".")
+    session.run("dk", "bench", "ps", *session.posargs)
