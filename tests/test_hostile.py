@@ -131,8 +131,11 @@ def test_malformed_frames_after_auth_change_nothing(
     server: ParameterServer, secret: bytes, make_frame: Callable[[RawWorker], bytes]
 ) -> None:
     w = authed(server, secret)
-    w.send(make_frame(w))
-    w.sock.shutdown(socket.SHUT_WR)
+    try:
+        w.send(make_frame(w))
+        w.sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the server may reset the connection before it has all our bytes: also a refusal
     assert w.closed_by_server()
     assert_unharmed(server, secret)
     assert server.stats()["commits"] == 0

@@ -107,7 +107,7 @@ class RawWorker:
         return frame("commit", struct.pack("<IIQQ", worker_id, 0, seq, clock) + values)
 
     def closed_by_server(self) -> bool:
-        """True once the server has closed: reads until EOF (or a reset)."""
+        """Reads until the server closes (EOF or reset); raises TimeoutError if it never does."""
         try:
             while self.sock.recv(65536):
                 pass
