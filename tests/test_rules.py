@@ -1,5 +1,5 @@
 """Every update rule, driven over loopback by several workers, against a NumPy model of its formula
-(docs/algorithms.md). The workers' operations are interleaved by hypothesis."""
+(docs/rules.md). The workers' operations are interleaved by hypothesis."""
 
 from __future__ import annotations
 

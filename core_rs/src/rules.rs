@@ -1,5 +1,5 @@
 //! Update rules: how a commit changes the centre variable. Chosen by data (a name and numeric
-//! parameters), applied here in Rust; the formulas are those of `docs/algorithms.md`.
+//! parameters), applied here in Rust; the formulas are in `docs/rules.md`.
 
 use multiversion::multiversion;
 
