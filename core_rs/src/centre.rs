@@ -300,8 +300,35 @@ impl Centre {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::sync::Arc;
     use std::thread;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        // Integer-valued commits of any length and count, from two threads, sum exactly.
+        #[test]
+        fn any_commits_sum_exactly(
+            len in 1usize..(2 * SHARD_LEN + 100),
+            commits in proptest::collection::vec(-50i32..50, 1..12),
+        ) {
+            let centre = Arc::new(Centre::new(Rule::Add { scale: 1.0 }, &vec![0.0; len]).unwrap());
+            let halves: Vec<Vec<i32>> = commits.chunks(commits.len().div_ceil(2)).map(<[i32]>::to_vec).collect();
+            let handles: Vec<_> = halves.into_iter().map(|values| {
+                let centre = Arc::clone(&centre);
+                thread::spawn(move || for v in values {
+                    centre.commit(Finite::trusted(&vec![v as f32; len]), 0, None, None, 0).unwrap();
+                })
+            }).collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let mut out = vec![0.0; len];
+            prop_assert_eq!(centre.pull(&mut out).unwrap(), commits.len() as u64);
+            let total: i32 = commits.iter().sum();
+            prop_assert!(out.iter().all(|&v| v == total as f32));
+        }
+    }
 
     fn add() -> Rule {
         Rule::Add { scale: 1.0 }

@@ -9,6 +9,7 @@ use crate::centre::Applied;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::protocol::{self as p, Op};
+use crate::rules::{ELASTIC_CODE, SYNC_CODE};
 use crate::server::resolve;
 
 pub struct Client {
@@ -112,7 +113,7 @@ impl Client {
             )));
         }
         self.rule_code = welcome.rule_code;
-        self.replies_with_vector = matches!(welcome.rule_code, 4 | 5);
+        self.replies_with_vector = matches!(welcome.rule_code, ELASTIC_CODE | SYNC_CODE);
         self.last_pull_clock = welcome.clock;
         Ok(())
     }
@@ -228,7 +229,7 @@ impl Client {
             .map_err(lost)?;
         let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
         let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
-        if self.rule_code == 5 {
+        if self.rule_code == SYNC_CODE {
             self.last_pull_clock = clock; // a sync reply is the new centre
         }
         Ok(Applied { clock, staleness })

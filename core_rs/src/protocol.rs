@@ -417,6 +417,31 @@ pub const STATS_FIELDS: [&str; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Whatever bytes arrive, decoding returns an error or a value: it never panics.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut h = [0u8; HEADER_LEN];
+            let n = bytes.len().min(HEADER_LEN);
+            h[..n].copy_from_slice(&bytes[..n]);
+            let _ = decode_header(&h, SMALL_FRAME);
+            let _ = Hello::decode(&bytes);
+            let _ = Welcome::decode(&bytes);
+            let _ = decode_error(&bytes);
+            let mut c = [0u8; COMMIT_HEAD_LEN];
+            let n = bytes.len().min(COMMIT_HEAD_LEN);
+            c[..n].copy_from_slice(&bytes[..n]);
+            let _ = decode_commit_head(&c);
+        }
+
+        #[test]
+        fn commit_head_round_trips(worker in any::<u32>(), seq in any::<u64>(), clock in any::<u64>()) {
+            let head = decode_commit_head(&encode_commit_head(worker, seq, clock)).unwrap();
+            prop_assert_eq!(head, CommitHead { worker_id: worker, seq, last_pull_clock: clock });
+        }
+    }
 
     #[test]
     fn header_round_trip_and_bounds() {

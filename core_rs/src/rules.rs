@@ -21,6 +21,10 @@ pub enum Rule {
     Sync { workers: u32, scale: f32 },
 }
 
+/// Wire codes of the rules whose commit replies carry a vector.
+pub const ELASTIC_CODE: u8 = 4;
+pub const SYNC_CODE: u8 = 5;
+
 /// The rule names and their parameters, for error messages and `dk` help.
 pub const RULE_NAMES: &str =
     "add(scale=1), dynsgd, adaptive(gamma=1e-4), elastic(alpha), sync(workers, scale=1)";
@@ -129,8 +133,8 @@ impl Rule {
             Rule::Add { .. } => 1,
             Rule::DynSgd => 2,
             Rule::Adaptive { .. } => 3,
-            Rule::Elastic { .. } => 4,
-            Rule::Sync { .. } => 5,
+            Rule::Elastic { .. } => ELASTIC_CODE,
+            Rule::Sync { .. } => SYNC_CODE,
         }
     }
 }
