@@ -189,7 +189,7 @@ def _benchmarks(suite: Path | None, name: str) -> Any:
         if folder is not None and (folder / "__init__.py").is_file():
             root = str(folder.resolve().parent)
             if root not in sys.path:
-                sys.path.insert(0, root)
+                sys.path.append(root)  # last, so the installed distkeras_plus wins over the checkout
             return importlib.import_module(f"benchmarks.{name}")
     raise UserError(
         "benchmarks live in the source checkout: run dk bench from it, or pass --suite PATH/benchmarks"

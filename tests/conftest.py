@@ -20,8 +20,3 @@ def server(secret: bytes) -> Iterator[ParameterServer]:
     centre = Centre(np.ones(1000, dtype=np.float32), "add")
     with ParameterServer(centre, Layout.flat(1000), secret) as s:
         yield s
-
-
-def address(server: ParameterServer) -> str:
-    host, port = server.address
-    return f"{host}:{port}"

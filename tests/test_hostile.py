@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from helpers import address
+from wire import OPS, RawWorker, error_of, frame, header, read_frame
 
 from distkeras_plus import Client, Layout, ParameterServer
-from tests.conftest import address
-from tests.wire import OPS, RawWorker, error_of, frame, header, read_frame
 
 N = 1000
 SHAPES = [[N]]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from helpers import address
 
 from distkeras_plus import (
     AuthenticationError,
@@ -20,7 +21,6 @@ from distkeras_plus import (
     ParameterServer,
     ServerClosedError,
 )
-from tests.conftest import address
 
 N = 1000
 
