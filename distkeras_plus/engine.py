@@ -1,0 +1,294 @@
+"""One training run on Spark: the parameter server in the driver, one Spark task per worker.
+
+The driver prepares the data, starts the parameter server with the model's weights as the centre,
+and runs the optimizer's worker loop in `mapInArrow` (a barrier stage for synchronous optimizers).
+Each task receives its partition as Arrow batches and returns its history; the model travels as
+a `.keras` archive, the weights through the parameter server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distkeras_plus import registry
+from distkeras_plus._core import Centre, Client, ParameterServer
+from distkeras_plus.data import Columns, DataError, prepare, to_numpy
+from distkeras_plus.ps import new_secret
+from distkeras_plus.weights import FlatWeights
+
+RESULT_SCHEMA = "worker int, attempt int, samples long, steps long, history string, result binary"
+
+
+class TrainingError(RuntimeError):
+    """A training run failed; the message is the failing worker's own error."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker task gets (plain data: it travels inside the Spark task)."""
+
+    optimizer: str
+    options: Mapping[str, Any]
+    model: bytes  # the .keras archive
+    loss: Any
+    metrics: list[Any]
+    worker_optimizer: Any
+    batch_size: int
+    epochs: int
+    seed: int
+    num_workers: int
+    columns: Columns
+    ps_address: str | None
+    secret: bytes
+    threads: int
+
+
+@dataclass
+class TrainResult:
+    """The trained model, each worker's history and the parameter server's statistics."""
+
+    model: Any
+    history: list[dict[str, Any]]
+    ps_stats: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    samples: int = 0
+    num_workers: int = 0
+    optimizer: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def model_bytes(model: Any) -> bytes:
+    """The model in Keras' own `.keras` format (never pickle)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def load_model(data: bytes) -> Any:
+    import keras
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
+    """Runs on an executor: one worker, its partition, its loop."""
+    import pyarrow as pa
+    from pyspark import BarrierTaskContext, TaskContext
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(cfg.threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    task = TaskContext.get()
+    worker_id = task.partitionId() if task else 0
+    attempt = task.attemptNumber() if task else 0
+    all_gather = None
+    if isinstance(task, BarrierTaskContext):
+        barrier = task
+
+        def all_gather(message: str) -> list[str]:
+            return barrier.allGather(message)
+
+    import keras
+
+    from distkeras_plus.worker import Batches, WorkerContext
+
+    x, y = to_numpy(batches, cfg.columns.num_features, cfg.columns.one_hot)
+    model = load_model(cfg.model)
+    x = x.reshape((len(x), *model.input_shape[1:]))
+    keras.utils.set_random_seed(cfg.seed + worker_id)
+    model.compile(optimizer=keras.optimizers.get(cfg.worker_optimizer), loss=cfg.loss, metrics=cfg.metrics)
+    spec = registry.get(cfg.optimizer).spec
+    client = None
+    if cfg.ps_address is not None:
+        layout_weights = FlatWeights.from_arrays(model.get_weights())
+        client = Client(cfg.ps_address, cfg.secret, layout_weights.layout, worker_id, attempt)
+    ctx = WorkerContext(
+        worker_id=worker_id,
+        num_workers=cfg.num_workers,
+        options=dict(cfg.options),
+        model=model,
+        data=Batches(x, y, cfg.batch_size, cfg.seed + worker_id),
+        epochs=cfg.epochs,
+        client=client,
+        all_gather=all_gather,
+    )
+    try:
+        spec.worker(ctx)
+    finally:
+        if client is not None:
+            client.close()
+    yield pa.RecordBatch.from_pydict(
+        {
+            "worker": [worker_id],
+            "attempt": [attempt],
+            "samples": [ctx.samples],
+            "steps": [ctx.steps],
+            "history": [json.dumps(ctx.history)],
+            "result": [ctx.result],
+        },
+        schema=pa.schema(
+            [
+                ("worker", pa.int32()),
+                ("attempt", pa.int32()),
+                ("samples", pa.int64()),
+                ("steps", pa.int64()),
+                ("history", pa.string()),
+                ("result", pa.binary()),
+            ]
+        ),
+    )
+
+
+def _ps_host(spark: Any, requested: str | None) -> str:
+    """The address workers use to reach the driver's parameter server."""
+    if requested:
+        return requested
+    master = spark.sparkContext.master
+    if master.startswith("local"):
+        return "127.0.0.1"
+    host = spark.conf.get("spark.driver.host", None) or socket.gethostname()
+    ip = socket.gethostbyname(host)
+    if ip.startswith("127.") or ip == "::1":
+        raise TrainingError(
+            f"the driver's address resolves to {ip}, which executors on other hosts cannot reach; "
+            "set ps_host (or DK_PS_HOST) to an address of this machine that they can"
+        )
+    return ip
+
+
+def _worker_error(err: Exception) -> str:
+    """The Python error a worker raised, out of Spark's Java stack trace."""
+    text = str(err)
+    found = re.findall(r"^(\w*(?:Error|Exception)\w*: .+)$", text, flags=re.MULTILINE)
+    python = [line for line in found if not line.startswith(("org.", "java.", "py4j", "Py4J"))]
+    return python[-1] if python else text.strip().splitlines()[0]
+
+
+def train(
+    df: Any,
+    model: Any,
+    optimizer: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    features_col: str = "features",
+    label_col: str = "label",
+    num_workers: int = 2,
+    epochs: int = 1,
+    batch_size: int = 32,
+    loss: Any = None,
+    metrics: list[Any] | None = None,
+    worker_optimizer: Any = None,
+    seed: int = 0,
+    ps_host: str | None = None,
+) -> TrainResult:
+    """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`."""
+    registered = registry.get(optimizer)
+    spec = registered.spec
+    opts = spec.parse_options(options or {})
+    if num_workers < 1 or epochs < 1 or batch_size < 1:
+        raise ValueError("num_workers, epochs and batch_size must be at least 1")
+    if spec.single_partition:
+        num_workers = 1
+    spark = df.sparkSession
+    prepared, columns = prepare(df, features_col, label_col)
+    expected = int(np.prod(model.input_shape[1:]))
+    if columns.num_features != expected:
+        raise DataError(
+            f"features have {columns.num_features} values per row but the model's input "
+            f"{tuple(model.input_shape[1:])} takes {expected}"
+        )
+    if spec.synchronous:
+        slots = spark.sparkContext.defaultParallelism
+        if num_workers > slots:
+            raise TrainingError(
+                f"{optimizer} runs all {num_workers} workers at once, but the cluster has {slots} task slots"
+            )
+    if loss is None:
+        loss = "categorical_crossentropy" if columns.one_hot else "sparse_categorical_crossentropy"
+    choice = spec.rule_for(opts, num_workers)
+    secret = new_secret()
+    flat = FlatWeights.from_arrays(model.get_weights())
+    cores = os.cpu_count() or 1
+    server = None
+    host: str | None = None
+    started = time.perf_counter()
+    try:
+        if choice is not None:
+            host = _ps_host(spark, ps_host or os.environ.get("DK_PS_HOST"))
+            bind = "127.0.0.1" if host.startswith("127.") else "0.0.0.0"  # noqa: S104 - authenticated
+            centre = Centre(flat.flat, choice.name, dict(choice.params))
+            server = ParameterServer(centre, flat.layout, secret, host=bind)
+        cfg = WorkerConfig(
+            optimizer=optimizer,
+            options=opts,
+            model=model_bytes(model),
+            loss=loss,
+            metrics=list(metrics if metrics is not None else ["accuracy"]),
+            worker_optimizer=worker_optimizer or spec.worker_optimizer_for(opts),
+            batch_size=batch_size,
+            epochs=epochs,
+            seed=seed,
+            num_workers=num_workers,
+            columns=columns,
+            ps_address=f"{host}:{server.port}" if server is not None else None,
+            secret=secret,
+            threads=max(1, cores // num_workers) if spark.sparkContext.master.startswith("local") else 1,
+        )
+        data = prepared.repartition(num_workers)
+
+        def task(batches: Iterator[Any]) -> Iterator[Any]:
+            return _worker_task(cfg, batches)
+
+        try:
+            rows = data.mapInArrow(task, RESULT_SCHEMA, barrier=spec.synchronous).collect()
+        except Exception as e:
+            raise TrainingError(f"training with {optimizer} failed: {_worker_error(e)}") from e
+        seconds = time.perf_counter() - started
+        ps_stats: dict[str, Any] = {}
+        if server is not None:
+            server.stop()
+            ps_stats = server.stats()
+            model.set_weights(FlatWeights(flat.layout, server.centre.to_numpy()).views)
+        if spec.combine is not None:
+            model = spec.combine(model, [r["result"] for r in sorted(rows, key=lambda r: r["worker"])])
+    finally:
+        if server is not None:
+            server.stop()
+    history = [row for r in rows for row in json.loads(r["history"])]
+    history.sort(key=lambda h: h["time"])
+    return TrainResult(
+        model=model,
+        history=history,
+        ps_stats=ps_stats,
+        seconds=seconds,
+        samples=sum(r["samples"] for r in rows),
+        num_workers=num_workers,
+        optimizer=optimizer,
+        options=opts,
+    )
+
+
+def local_session(workers: int, master: str | None = None) -> Any:
+    """A Spark session: `local[workers]` by default, or the given master URL."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("distkeras-plus").master(master or f"local[{workers}]")
+    builder = builder.config("spark.ui.enabled", "false").config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    return builder.getOrCreate()

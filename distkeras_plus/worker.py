@@ -1,0 +1,244 @@
+"""What runs on a Spark executor: a worker's context (its model, its partition, its connection to
+the parameter server, its history) and the loops optimizer plugins build on."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from distkeras_plus._core import Client, Layout
+from distkeras_plus.weights import FlatWeights
+
+F32 = npt.NDArray[np.float32]
+
+
+class Batches:
+    """A worker's partition held as arrays, served in mini-batches, reshuffled every epoch.
+
+    The last, smaller batch of an epoch is kept: every sample is trained on.
+    """
+
+    def __init__(self, x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int, seed: int) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+
+    @property
+    def samples(self) -> int:
+        return len(self.x)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+        order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker loop needs. Loops call `train`, `pull`, `commit`, `model_weights` and
+    `set_model`; the context keeps the time spent computing and communicating, and the history."""
+
+    worker_id: int
+    num_workers: int
+    options: dict[str, Any]
+    model: Any  # a compiled keras.Model
+    data: Batches
+    epochs: int
+    client: Client | None = None
+    all_gather: Callable[[str], list[str]] | None = None
+    result: bytes | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    compute_seconds: float = 0.0
+    comm_seconds: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    epoch: int = 0
+    clock: int = 0
+    _window_losses: list[float] = field(default_factory=list)
+    _last_logs: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        layout = Layout([list(w.shape) for w in self.model.get_weights()])
+        self.centre = FlatWeights(layout)  # the centre as last received
+        self.local = FlatWeights(layout)  # the model's own weights, flattened
+
+    # ---- local training ----
+
+    def batches(self, epoch: int) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+        self.epoch = epoch
+        return self.data.epoch(epoch)
+
+    def train(self, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
+        t = time.perf_counter()
+        logs = self.model.train_on_batch(x, y, return_dict=True)
+        self.compute_seconds += time.perf_counter() - t
+        self.steps += 1
+        self.samples += len(x)
+        self._last_logs = {k: float(v) for k, v in logs.items()}
+        self._window_losses.append(self._last_logs.get("loss", float("nan")))
+
+    def model_weights(self) -> F32:
+        """The model's current weights as one flat vector (a buffer reused between calls)."""
+        self.local.load(self.model.get_weights())
+        return self.local.flat
+
+    def reinitialize(self, seed: int) -> None:
+        """Fresh initial weights drawn with `seed` (ensemble members must differ)."""
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        self.model.set_weights(keras.models.clone_model(self.model).get_weights())
+
+    def set_model(self, flat: F32) -> None:
+        if flat is not self.local.flat:
+            np.copyto(self.local.flat, flat)
+        self.model.set_weights(self.local.views)
+
+    # ---- the parameter server ----
+
+    def _client(self) -> Client:
+        if self.client is None:
+            raise RuntimeError("this optimizer runs without a parameter server")
+        return self.client
+
+    def pull(self) -> int:
+        """Fetches the centre into `self.centre.flat` and makes it the model's weights."""
+        t = time.perf_counter()
+        self.clock = self._client().pull(self.centre.flat)
+        self.comm_seconds += time.perf_counter() - t
+        self.set_model(self.centre.flat)
+        return self.clock
+
+    def commit(self, values: F32, out: F32 | None = None) -> tuple[int, int]:
+        t = time.perf_counter()
+        clock, staleness = self._client().commit(np.ascontiguousarray(values, dtype=np.float32), out=out)
+        self.comm_seconds += time.perf_counter() - t
+        self.clock = clock
+        self.record(staleness=staleness)
+        return clock, staleness
+
+    def record(self, **extra: Any) -> None:
+        """Adds a history row for the steps since the last one."""
+        losses = self._window_losses
+        row = {
+            "time": time.time(),
+            "worker": self.worker_id,
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "samples": self.samples,
+            "loss": float(np.mean(losses)) if losses else None,
+            **{k: v for k, v in self._last_logs.items() if k != "loss"},
+            "clock": self.clock,
+            "compute_seconds": self.compute_seconds,
+            "comm_seconds": self.comm_seconds,
+            **extra,
+        }
+        self.history.append(row)
+        self._window_losses = []
+
+
+# ---- loops the built-in optimizers are made of ----
+
+
+def delta_loop(ctx: WorkerContext, window: int, normalize: bool) -> None:
+    """Every `window` local steps: commit `D = W - W0` (divided by the steps taken when
+    `normalize`), pull, and continue from the centre. The last partial window is committed too."""
+    ctx.pull()
+    w0 = ctx.centre.flat.copy()
+    steps = 0
+
+    def exchange() -> None:
+        delta = ctx.model_weights() - w0
+        if normalize:
+            delta /= steps
+        ctx.commit(delta)
+        ctx.pull()
+        np.copyto(w0, ctx.centre.flat)
+
+    for epoch in range(ctx.epochs):
+        for x, y in ctx.batches(epoch):
+            ctx.train(x, y)
+            steps += 1
+            if steps == window:
+                exchange()
+                steps = 0
+    if steps:
+        exchange()
+
+
+def elastic_loop(ctx: WorkerContext, window: int) -> None:
+    """Asynchronous elastic averaging: every `window` local steps the server computes
+    `E = alpha * (W - C)` against the current centre, applies `C += E` and returns `E`; the worker
+    does `W -= E` and is not reset to the centre."""
+    ctx.pull()
+    elastic = np.empty_like(ctx.centre.flat)
+    steps = 0
+
+    def exchange() -> None:
+        weights = ctx.model_weights()
+        ctx.commit(weights, out=elastic)
+        ctx.set_model(weights - elastic)
+
+    for epoch in range(ctx.epochs):
+        for x, y in ctx.batches(epoch):
+            ctx.train(x, y)
+            steps += 1
+            if steps == window:
+                exchange()
+                steps = 0
+    if steps:
+        exchange()
+
+
+def sync_loop(ctx: WorkerContext, window: int, alpha: float | None) -> None:
+    """Synchronous rounds (a barrier stage): every worker commits once per round and waits for
+    the others. With `alpha`: EASGD, each commits `E = alpha * (W - C)` and does `W -= E`; without:
+    model averaging, each commits `W - C` (the server scales by 1/n) and takes the new centre.
+    `window` 0 means one round per epoch. Workers agree on the number of rounds first, so one
+    with a smaller partition still takes part in every round."""
+    if ctx.all_gather is None:
+        raise RuntimeError("synchronous optimizers run as a barrier stage")
+    ctx.pull()
+    centre = ctx.centre.flat
+    per_epoch = max(int(n) for n in ctx.all_gather(str(len(ctx.data))))
+    window = window or per_epoch
+    rounds_per_epoch = math.ceil(per_epoch / window)
+    for epoch in range(ctx.epochs):
+        batches = ctx.batches(epoch)
+        for _ in range(rounds_per_epoch):
+            for x, y in itertools.islice(batches, window):
+                ctx.train(x, y)
+            weights = ctx.model_weights()
+            if alpha is None:
+                ctx.commit(weights - centre, out=centre)
+                ctx.set_model(centre)
+            else:
+                elastic = alpha * (weights - centre)
+                ctx.commit(elastic, out=centre)
+                ctx.set_model(weights - elastic)
+
+
+def local_loop(ctx: WorkerContext) -> None:
+    """Plain training on the whole partition; the result is committed once at the end."""
+    if ctx.client is not None:
+        ctx.pull()
+    start = ctx.model_weights().copy()
+    for epoch in range(ctx.epochs):
+        for x, y in ctx.batches(epoch):
+            ctx.train(x, y)
+        ctx.record()
+    if ctx.client is not None:
+        ctx.commit(ctx.model_weights() - start)
+    else:
+        ctx.result = ctx.model_weights().tobytes()

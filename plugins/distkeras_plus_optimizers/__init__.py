@@ -1,0 +1,1 @@
+"""The built-in distributed optimizers of distkeras-plus (one plugin module each)."""

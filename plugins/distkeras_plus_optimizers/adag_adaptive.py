@@ -1,0 +1,30 @@
+"""ADAG with per-weight staleness (the thesis's ADAG; dist-keras's `Experimental`)."""
+
+from __future__ import annotations
+
+from distkeras_plus import Option, OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus.worker import WorkerContext, delta_loop
+from distkeras_plus_optimizers.common import window
+
+
+def run(ctx: WorkerContext) -> None:
+    delta_loop(ctx, ctx.options["window"], normalize=True)
+
+
+@hookimpl
+def dk_optimizers() -> list[OptimizerSpec]:
+    return [
+        OptimizerSpec(
+            name="adag-adaptive",
+            summary="ADAG with per-weight staleness: C += D / ((C - Cs)^2 / gamma + 1)",
+            options=[
+                window(12),
+                Option("gamma", float, 1e-4, "drift scale of the per-weight staleness", minimum=1e-12),
+            ],
+            rule=lambda opts, n: RuleChoice("adaptive", {"gamma": opts["gamma"]}),
+            worker=run,
+            description="What J. Hermans' thesis calls ADAG; shipped by dist-keras as `Experimental`. "
+            "Each weight's update is damped by how far the centre has drifted from what this worker "
+            "last pulled (Cs).",
+        )
+    ]

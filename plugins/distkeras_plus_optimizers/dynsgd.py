@@ -1,0 +1,26 @@
+"""DynSGD (Jiang et al., 2017): the server divides each commit by its staleness plus one."""
+
+from __future__ import annotations
+
+from distkeras_plus import OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus.worker import WorkerContext, delta_loop
+from distkeras_plus_optimizers.common import window
+
+
+def run(ctx: WorkerContext) -> None:
+    delta_loop(ctx, ctx.options["window"], normalize=False)
+
+
+@hookimpl
+def dk_optimizers() -> list[OptimizerSpec]:
+    return [
+        OptimizerSpec(
+            name="dynsgd",
+            summary="DynSGD: commit D = W - W0; the server applies D / (staleness + 1)",
+            options=[window(5)],
+            rule=lambda opts, n: RuleChoice("dynsgd"),
+            worker=run,
+            description="Heterogeneity-aware asynchronous SGD (Jiang et al., SIGMOD 2017). The staleness "
+            "is computed by the server atomically with the commit's application.",
+        )
+    ]
