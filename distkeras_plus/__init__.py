@@ -28,7 +28,7 @@ from distkeras_plus.api import (
 )
 from distkeras_plus.engine import TrainingError, TrainResult
 from distkeras_plus.hookspecs import hookimpl
-from distkeras_plus.optimizers import Option, OptimizerSpec, OptionError, RuleChoice
+from distkeras_plus.optimizers import OptimizerSpec, Option, OptionError, RuleChoice
 from distkeras_plus.weights import FlatWeights
 
 __version__ = "0.1.0"
@@ -39,30 +39,30 @@ __all__ = [
     "DOWNPOUR",
     "EAMSGD",
     "EASGD",
-    "AveragingTrainer",
-    "DynSGD",
-    "EnsembleTrainer",
-    "Experimental",
-    "Option",
-    "OptimizerSpec",
-    "OptionError",
-    "RuleChoice",
-    "SingleTrainer",
-    "TrainResult",
-    "Trainer",
-    "TrainingError",
-    "hookimpl",
-    "train",
     "AuthenticationError",
+    "AveragingTrainer",
     "Centre",
     "Client",
     "CommitRejectedError",
     "DkError",
+    "DynSGD",
+    "EnsembleTrainer",
+    "Experimental",
     "FlatWeights",
     "Layout",
     "LayoutMismatchError",
+    "OptimizerSpec",
+    "Option",
+    "OptionError",
     "ParameterServer",
     "ProtocolError",
+    "RuleChoice",
     "ServerClosedError",
+    "SingleTrainer",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
     "__version__",
+    "hookimpl",
+    "train",
 ]

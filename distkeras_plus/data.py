@@ -42,7 +42,10 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
     elif isinstance(ftype, T.ArrayType) and isinstance(ftype.elementType, T.NumericType):
         fcol = F.col(features).cast("array<float>")
     else:
-        raise DataError(f"features column {features!r} must be an array of numbers or an ML vector, not {ftype.simpleString()}")
+        raise DataError(
+            f"features column {features!r} must be an array of numbers or an ML vector, "
+            f"not {ftype.simpleString()}"
+        )
     if isinstance(ltype, T.NumericType):
         lcol, one_hot = F.col(label).cast("int"), False
     elif isinstance(ltype, VectorUDT):
@@ -50,7 +53,9 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
     elif isinstance(ltype, T.ArrayType) and isinstance(ltype.elementType, T.NumericType):
         lcol, one_hot = F.col(label).cast("array<float>"), True
     else:
-        raise DataError(f"label column {label!r} must be a class index or a one-hot array, not {ltype.simpleString()}")
+        raise DataError(
+            f"label column {label!r} must be a class index or a one-hot array, not {ltype.simpleString()}"
+        )
     prepared = df.select(fcol.alias("features"), lcol.alias("label")).na.drop()
     first = prepared.select(F.size("features").alias("n")).first()
     if first is None:
@@ -58,7 +63,9 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
     return prepared, Columns("features", "label", int(first["n"]), one_hot)
 
 
-def to_numpy(batches: Iterable[Any], num_features: int, one_hot: bool) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+def to_numpy(
+    batches: Iterable[Any], num_features: int, one_hot: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
     """Arrow record batches of (features, label) to `x` of shape (n, num_features) and `y`."""
     xs, ys = [], []
     for batch in batches:
@@ -71,7 +78,9 @@ def to_numpy(batches: Iterable[Any], num_features: int, one_hot: bool) -> tuple[
         xs.append(values.reshape(batch.num_rows, num_features))
         labels = batch.column(1)
         if one_hot:
-            ys.append(labels.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(batch.num_rows, -1))
+            ys.append(
+                labels.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(batch.num_rows, -1)
+            )
         else:
             ys.append(labels.to_numpy(zero_copy_only=False).astype(np.int32))
     if not xs:

@@ -290,5 +290,7 @@ def local_session(workers: int, master: str | None = None) -> Any:
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("distkeras-plus").master(master or f"local[{workers}]")
-    builder = builder.config("spark.ui.enabled", "false").config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    builder = builder.config("spark.ui.enabled", "false").config(
+        "spark.sql.execution.arrow.pyspark.enabled", "true"
+    )
     return builder.getOrCreate()

@@ -39,7 +39,7 @@ class Option:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise OptionError(f"option {self.name} takes a {self.type.__name__}, got {value!r}")
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             raise OptionError(f"option {self.name} must be >= {self.minimum}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise OptionError(f"option {self.name} must be one of {', '.join(self.choices)}, got {value!r}")

@@ -58,7 +58,8 @@ def load() -> dict[str, Registered]:
     # One call per plugin rather than one hook call, so every optimizer keeps its origin.
     for impl in manager.hook.dk_optimizers.get_hookimpls():
         dist, version = origin.get(impl.plugin_name, ("unknown", ""))
-        for spec in impl.function():
+        specs: list[object] = impl.function()  # type: ignore[assignment]  # pluggy types it as object
+        for spec in specs:
             if not isinstance(spec, OptimizerSpec):
                 raise PluginError(f"plugin {impl.plugin_name} returned {spec!r}, not an OptimizerSpec")
             if spec.name in found:

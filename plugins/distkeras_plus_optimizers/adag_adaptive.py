@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from distkeras_plus import Option, OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
 from distkeras_plus.worker import WorkerContext, delta_loop
-from distkeras_plus_optimizers.common import window
+from distkeras_plus_optimizers.common import adam, window
 
 
 def run(ctx: WorkerContext) -> None:
@@ -23,6 +23,7 @@ def dk_optimizers() -> list[OptimizerSpec]:
             ],
             rule=lambda opts, n: RuleChoice("adaptive", {"gamma": opts["gamma"]}),
             worker=run,
+            worker_optimizer=adam(0.02),
             description="What J. Hermans' thesis calls ADAG; shipped by dist-keras as `Experimental`. "
             "Each weight's update is damped by how far the centre has drifted from what this worker "
             "last pulled (Cs).",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from distkeras_plus import Option, OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
 from distkeras_plus.worker import WorkerContext, sync_loop
+from distkeras_plus_optimizers.common import adam
 
 
 def run(ctx: WorkerContext) -> None:
@@ -16,9 +17,12 @@ def dk_optimizers() -> list[OptimizerSpec]:
         OptimizerSpec(
             name="averaging",
             summary="Model averaging: every w steps (default: every epoch) C = mean_i W_i; W_i = C",
-            options=[Option("window", int, 0, "local steps between averagings; 0 = once per epoch", minimum=0)],
+            options=[
+                Option("window", int, 0, "local steps between averagings; 0 = once per epoch", minimum=0)
+            ],
             rule=lambda opts, n: RuleChoice("sync", {"workers": n, "scale": 1.0 / n}),
             worker=run,
+            worker_optimizer=adam(0.003),
             synchronous=True,
             description="Runs as a Spark barrier stage; the server's round sum is reset every round "
             "(the original's was not) and every worker trains on all of its data.",

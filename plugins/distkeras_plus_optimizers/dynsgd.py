@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from distkeras_plus import OptimizerSpec, RuleChoice, hookimpl
 from distkeras_plus.worker import WorkerContext, delta_loop
-from distkeras_plus_optimizers.common import window
+from distkeras_plus_optimizers.common import adam, window
 
 
 def run(ctx: WorkerContext) -> None:
@@ -20,6 +20,7 @@ def dk_optimizers() -> list[OptimizerSpec]:
             options=[window(5)],
             rule=lambda opts, n: RuleChoice("dynsgd"),
             worker=run,
+            worker_optimizer=adam(0.002),
             description="Heterogeneity-aware asynchronous SGD (Jiang et al., SIGMOD 2017). The staleness "
             "is computed by the server atomically with the commit's application.",
         )

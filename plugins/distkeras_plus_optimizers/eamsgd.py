@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distkeras_plus import Option, OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
 from distkeras_plus.worker import WorkerContext, elastic_loop
 from distkeras_plus_optimizers.aeasgd import OPTIONS, alpha
 from distkeras_plus_optimizers.common import sgd

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_plus import Option, OptimizerSpec, hookimpl
+from distkeras_plus import OptimizerSpec, Option, hookimpl
 from distkeras_plus.weights import FlatWeights
 from distkeras_plus.worker import WorkerContext, local_loop
 
