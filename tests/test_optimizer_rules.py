@@ -95,12 +95,12 @@ def test_delta_optimizers(
     assert committed_steps == total_steps(parts, epochs) == [c.steps for c in run.contexts]
 
     def server_rule(C: np.ndarray, c: dict[str, Any]) -> np.ndarray:
-        D = c["values"].astype(np.float64)
+        D: np.ndarray = c["values"].astype(np.float64)
         if optimizer == "dynsgd":
-            return C + D / (c["staleness"] + 1)
-        if optimizer == "adag-adaptive":
-            sent = c["pull"]["centre"]
-            return C + D / ((C - sent) ** 2 / 1e-4 + 1)
+            D = D / (c["staleness"] + 1)
+        elif optimizer == "adag-adaptive":
+            sent: np.ndarray = c["pull"]["centre"]
+            D = D / ((C - sent) ** 2 / 1e-4 + 1)
         return C + D
 
     replay_async(run, server_rule)
@@ -118,7 +118,7 @@ def test_elastic_optimizers(optimizer: str, parts: list[tuple[np.ndarray, np.nda
     annotate_commits(run, 2, worker_rule)
 
     def server_rule(C: np.ndarray, c: dict[str, Any]) -> np.ndarray:
-        E = alpha * (c["values"].astype(np.float64) - C)
+        E: np.ndarray = alpha * (c["values"].astype(np.float64) - C)
         np.testing.assert_allclose(c["reply"], E, atol=ATOL)  # the worker gets E back and does W -= E
         return C + E
 
@@ -202,8 +202,8 @@ def test_eamsgd_uses_nesterov_at_the_look_ahead_point() -> None:
 def test_ensemble_averages_independent_members(parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
     m = model()
     run = run_threads("ensemble", m, parts, {"seed": 5}, epochs=1)
-    results = [c.result for c in run.contexts]
-    assert all(r is not None for r in results)
+    results = [c.result for c in run.contexts if c.result is not None]
+    assert len(results) == 2
     assert results[0] != results[1]  # different seeds and data: different members
     spec = registry.get("ensemble").spec
     assert spec.combine is not None
