@@ -101,7 +101,8 @@ def test_delta_optimizers(
         elif optimizer == "adag-adaptive":
             sent: np.ndarray = c["pull"]["centre"]
             D = D / ((C - sent) ** 2 / 1e-4 + 1)
-        return C + D
+        out: np.ndarray = C + D
+        return out
 
     replay_async(run, server_rule)
 
@@ -120,7 +121,8 @@ def test_elastic_optimizers(optimizer: str, parts: list[tuple[np.ndarray, np.nda
     def server_rule(C: np.ndarray, c: dict[str, Any]) -> np.ndarray:
         E: np.ndarray = alpha * (c["values"].astype(np.float64) - C)
         np.testing.assert_allclose(c["reply"], E, atol=ATOL)  # the worker gets E back and does W -= E
-        return C + E
+        out: np.ndarray = C + E
+        return out
 
     # Elastic commits carry weights, not a pull clock: staleness is counted from the first pull.
     replay_async(run, server_rule)
