@@ -49,6 +49,166 @@ def main() -> None:
     """distkeras-plus: data-parallel Keras training on Spark."""
 
 
+@main.command("train")
+@click.option(
+    "--plugin", default="adag", show_default=True, help="Distributed optimizer (see `dk plugins list`)."
+)
+@click.option(
+    "--dataset", default="digits", show_default=True, type=click.Choice(["digits"]), help="Built-in data set."
+)
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Number of workers."
+)
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--master", default=None, help="Spark master URL (default: local[WORKERS]).")
+@click.option(
+    "--opt", "opts", multiple=True, metavar="KEY=VALUE", help="An option of the optimizer, e.g. window=12."
+)
+@click.option(
+    "--worker-optimizer", default=None, help="Keras optimizer for the workers (default: the plugin's)."
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to save the trained model (default: ./dk-model-PLUGIN.keras).",
+)
+@OUTPUT_FORMAT
+def train_command(
+    plugin: str,
+    dataset: str,
+    workers: int,
+    epochs: int,
+    batch_size: int,
+    master: str | None,
+    opts: tuple[str, ...],
+    worker_optimizer: str | None,
+    seed: int,
+    output: Path | None,
+    output_format: str,
+) -> None:
+    """Train a model on Spark with a distributed optimizer and report its test accuracy."""
+    from distkeras_plus.training import run_training
+
+    try:
+        options = dict(_key_values(opts))
+        report = run_training(
+            plugin=plugin,
+            dataset=dataset,
+            workers=workers,
+            epochs=epochs,
+            batch_size=batch_size,
+            master=master,
+            options=options,
+            worker_optimizer=worker_optimizer,
+            seed=seed,
+            output=output or Path(f"dk-model-{plugin}.keras"),
+        )
+    except (DkError, ValueError, OSError, RuntimeError) as e:
+        raise UserError(str(e)) from e
+    if output_format == "json":
+        click.echo(json.dumps(report))
+    else:
+        click.echo(
+            f"{report['plugin']}: test accuracy {report['test_accuracy']:.4f} (loss {report['test_loss']:.4f}) "
+            f"after {report['epochs']} epochs on {report['workers']} workers, {report['samples']} samples "
+            f"in {report['seconds']:.1f} s; {report['commits']} commits, "
+            f"{report['bytes_sent'] / 1e6:.1f} MB sent, {report['bytes_received'] / 1e6:.1f} MB received; "
+            f"model saved to {report['model_path']}"
+        )
+
+
+def _key_values(items: tuple[str, ...]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not of the form key=value")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+@main.group()
+def plugins() -> None:
+    """Installed distributed optimizers."""
+
+
+@plugins.command("list")
+@OUTPUT_FORMAT
+def plugins_list(output_format: str) -> None:
+    """List every optimizer and the distribution it comes from."""
+    from distkeras_plus import registry
+
+    try:
+        installed = registry.load()
+    except registry.PluginError as e:
+        raise UserError(str(e)) from e
+    rows = [
+        {
+            "name": n,
+            "summary": r.spec.summary,
+            "plugin": r.plugin,
+            "distribution": r.distribution,
+            "version": r.version,
+        }
+        for n, r in sorted(installed.items())
+    ]
+    if output_format == "json":
+        click.echo(json.dumps(rows))
+        return
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['summary']}  [{r['distribution']} {r['version']}]")
+
+
+@plugins.command("info")
+@click.argument("name")
+@OUTPUT_FORMAT
+def plugins_info(name: str, output_format: str) -> None:
+    """Show an optimizer's options, defaults, server rule and origin."""
+    from distkeras_plus import registry
+
+    try:
+        r = registry.get(name)
+    except registry.PluginError as e:
+        raise UserError(str(e)) from e
+    spec = r.spec
+    defaults = spec.parse_options({})
+    rule = spec.rule_for(defaults, 2)
+    info = {
+        "name": spec.name,
+        "summary": spec.summary,
+        "description": spec.description,
+        "options": [
+            {"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
+            for o in spec.options
+        ],
+        "rule": None if rule is None else {"name": rule.name, "params_with_2_workers": dict(rule.params)},
+        "synchronous": spec.synchronous,
+        "worker_optimizer": spec.worker_optimizer_for(defaults),
+        "plugin": r.plugin,
+        "distribution": r.distribution,
+        "version": r.version,
+    }
+    if output_format == "json":
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"{spec.name}: {spec.summary}")
+    if spec.description:
+        click.echo(f"  {spec.description}")
+    click.echo(f"  from {r.distribution} {r.version} (plugin {r.plugin})")
+    click.echo(
+        f"  server rule: {'none' if rule is None else rule.name} {dict(rule.params) if rule else ''}".rstrip()
+    )
+    click.echo(f"  runs {'synchronously (a barrier stage)' if spec.synchronous else 'asynchronously'}")
+    click.echo(f"  default worker optimizer: {json.dumps(info['worker_optimizer'])}")
+    click.echo("  options:" if spec.options else "  options: none")
+    for o in spec.options:
+        click.echo(f"    {o.name} ({o.type.__name__}, default {o.default!r}): {o.help}")
+
+
 @main.group()
 def ps() -> None:
     """The parameter server on its own."""

@@ -7,7 +7,7 @@ from distkeras_plus import Option
 
 def window(default: int) -> Option:
     return Option(
-        "window", int, default, "local steps between two exchanges with the parameter server", minimum=1
+        "window", int, default, "local steps between exchanges with the parameter server", minimum=1
     )
 
 
