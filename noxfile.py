@@ -8,7 +8,8 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "typecheck", "rust", "tests", "slow"]
 nox.options.reuse_venv = "yes"
 
-TEST_DEPS = [".[test]"]
+# The package and its built-in optimizers, a separate distribution registered through entry points.
+TEST_DEPS = [".[test]", "./plugins"]
 
 
 @nox.session
@@ -51,7 +52,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy over the package, tests and benchmarks; stubtest checks `_core.pyi` against the module."""
-    session.install("--no-deps", ".")
+    session.install("--no-deps", ".", "./plugins")
     session.install("numpy", "click", "pluggy", "mypy", "pytest", "hypothesis")
     session.run("mypy")
     # -P: check the installed module, not the checkout (which has no compiled _core).
@@ -67,5 +68,5 @@ def rust(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark with its baseline; copy the figures into docs/benchmarks.md."""
-    session.install(".")
+    session.install(".", "./plugins")
     session.run("dk", "bench", "ps", *session.posargs)

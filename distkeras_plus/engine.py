@@ -34,6 +34,9 @@ RESULT_SCHEMA = "worker int, attempt int, samples long, steps long, history stri
 class TrainingError(RuntimeError):
     """A training run failed; the message is the failing worker's own error."""
 
+    #: Where the run's parameter server listened (it is stopped when this is raised).
+    ps_address: str | None = None
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -172,12 +175,23 @@ def _ps_host(spark: Any, requested: str | None) -> str:
     return ip
 
 
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+
+
 def _worker_error(err: Exception) -> str:
-    """The Python error a worker raised, out of Spark's Java stack trace."""
-    text = str(err)
-    found = re.findall(r"^(\w*(?:Error|Exception)\w*: .+)$", text, flags=re.MULTILINE)
-    python = [line for line in found if not line.startswith(("org.", "java.", "py4j", "Py4J"))]
-    return python[-1] if python else text.strip().splitlines()[0]
+    """The Python error a worker raised, in one line, out of Spark's report of it."""
+    lines = str(err).splitlines()
+    for line in lines:
+        match = _EXCEPTION_LINE.match(line)
+        if match is None or line.startswith(("org.", "java.", "scala.", "py4j.")):
+            continue
+        name, message = match.group(1).rsplit(".", 1)[-1], match.group(2).strip()
+        if not message or message.endswith(":"):
+            # TensorFlow puts the useful part ("Received a label value of ...") last.
+            detail = next((x.strip() for x in reversed(lines) if x.strip() and not x[0].isspace()), "")
+            message = f"{message} {detail}".strip()
+        return f"{name}: {message}"[:500]
+    return next((x.strip() for x in lines if x.strip()), repr(err))
 
 
 def train(
@@ -258,7 +272,9 @@ def train(
         try:
             rows = data.mapInArrow(task, RESULT_SCHEMA, barrier=spec.synchronous).collect()
         except Exception as e:
-            raise TrainingError(f"training with {optimizer} failed: {_worker_error(e)}") from e
+            error = TrainingError(f"training with {optimizer} failed: {_worker_error(e)}")
+            error.ps_address = cfg.ps_address
+            raise error from e
         seconds = time.perf_counter() - started
         ps_stats: dict[str, Any] = {}
         if server is not None:

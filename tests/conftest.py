@@ -20,3 +20,21 @@ def server(secret: bytes) -> Iterator[ParameterServer]:
     centre = Centre(np.ones(1000, dtype=np.float32), "add")
     with ParameterServer(centre, Layout.flat(1000), secret) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local[2] Spark session for the whole run (starting one takes seconds)."""
+    from distkeras_plus.engine import local_session
+
+    session = local_session(2)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> object:
+    from distkeras_plus.datasets import digits
+
+    return digits()

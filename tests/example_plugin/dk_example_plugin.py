@@ -1,0 +1,23 @@
+"""A third-party optimizer: DOWNPOUR whose commits the server scales by 1/n (so n workers move
+the centre like one)."""
+
+from distkeras_plus import Option, OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus.worker import WorkerContext, delta_loop
+
+
+def run(ctx: WorkerContext) -> None:
+    delta_loop(ctx, ctx.options["window"], normalize=False)
+
+
+@hookimpl
+def dk_optimizers() -> list[OptimizerSpec]:
+    return [
+        OptimizerSpec(
+            name="mean-delta",
+            summary="Example plugin: commit W - W0; the server adds it scaled by 1/n",
+            options=[Option("window", int, 4, "local steps between commits", minimum=1)],
+            rule=lambda opts, n: RuleChoice("add", {"scale": 1.0 / n}),
+            worker=run,
+            worker_optimizer={"class_name": "Adam", "config": {"learning_rate": 0.005}},
+        )
+    ]

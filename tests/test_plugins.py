@@ -1,0 +1,137 @@
+"""Plugin discovery through entry points, load/disable switches, duplicates, typed options, and
+the `dk plugins` commands."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from distkeras_plus import Option, OptionError, registry
+from distkeras_plus.cli import main
+
+BUILT_IN = [
+    "adag",
+    "adag-adaptive",
+    "aeasgd",
+    "averaging",
+    "downpour",
+    "dynsgd",
+    "eamsgd",
+    "easgd",
+    "ensemble",
+    "single",
+]
+
+
+def test_built_ins_come_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DK_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("DK_DISABLE_PLUGINS", raising=False)
+    installed = registry.load()
+    assert set(BUILT_IN) <= set(installed)
+    for name in BUILT_IN:
+        assert installed[name].distribution == "distkeras-plus-optimizers"
+        assert installed[name].plugin == name
+
+
+def test_load_and_disable_switches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DK_LOAD_PLUGINS", "adag, easgd")
+    assert sorted(registry.load()) == ["adag", "easgd"]
+    monkeypatch.delenv("DK_LOAD_PLUGINS")
+    monkeypatch.setenv("DK_DISABLE_PLUGINS", "adag")
+    assert "adag" not in registry.load() and "downpour" in registry.load()
+    with pytest.raises(registry.PluginError, match="unknown optimizer 'adag'"):
+        registry.get("adag")
+
+
+def fake_distribution(root: Path, dist: str, module: str, source: str, entry: str) -> None:
+    """A real installed distribution on disk: dist-info metadata plus its module."""
+    info = root / f"{dist}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[distkeras_plus]\n{entry} = {module}\n")
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_distribution(
+        tmp_path,
+        "other-optimizers",
+        "other_adag",
+        """
+        from distkeras_plus import OptimizerSpec, RuleChoice, hookimpl
+
+        @hookimpl
+        def dk_optimizers():
+            return [OptimizerSpec("adag", "another adag", [], lambda o, n: RuleChoice("add"), lambda ctx: None)]
+        """,
+        "other-adag",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(registry.PluginError) as err:
+        registry.load()
+    message = str(err.value)
+    assert "distkeras-plus-optimizers" in message and "other-optimizers" in message
+    monkeypatch.setenv("DK_DISABLE_PLUGINS", "other-adag")
+    assert registry.load()["adag"].distribution == "distkeras-plus-optimizers"
+
+
+def test_a_broken_plugin_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_distribution(tmp_path, "broken", "broken_plugin", "raise ImportError('no numpy here')\n", "broken")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(registry.PluginError, match="plugin broken .* failed to load: no numpy here"):
+        registry.load()
+
+
+def test_options_are_typed_and_validated() -> None:
+    spec = registry.get("aeasgd").spec
+    opts = spec.parse_options({"window": "8", "rho": 2})
+    assert opts == {"window": 8, "rho": 2.0, "learning_rate": 0.1}
+    with pytest.raises(OptionError, match="no option windw; its options: window, rho, learning_rate"):
+        spec.parse_options({"windw": 3})
+    with pytest.raises(OptionError, match="window takes a int"):
+        spec.parse_options({"window": 2.5})
+    with pytest.raises(OptionError, match="window takes a int"):
+        spec.parse_options({"window": "many"})
+    with pytest.raises(OptionError, match=">= 1"):
+        spec.parse_options({"window": 0})
+    flag = Option("fast", bool, False, "go fast")
+    assert flag.parse("yes") is True and flag.parse("off") is False
+    with pytest.raises(OptionError):
+        flag.parse(1)
+
+
+def test_rules_come_from_the_options() -> None:
+    assert registry.get("averaging").spec.rule_for({"window": 0}, 4).params == {"workers": 4, "scale": 0.25}
+    easgd = registry.get("easgd").spec
+    assert easgd.rule_for(easgd.parse_options({}), 3).name == "sync"
+    aeasgd = registry.get("aeasgd").spec
+    assert aeasgd.rule_for(aeasgd.parse_options({"rho": 2.0, "learning_rate": 0.2}), 2).params == {
+        "alpha": 0.4
+    }
+    assert registry.get("ensemble").spec.rule_for({"seed": 0}, 2) is None
+
+
+def test_dk_plugins_list_and_info() -> None:
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(main, ["plugins", "list", "--output-format", "json"]).output)
+    assert {row["name"] for row in listed} >= set(BUILT_IN)
+    text = runner.invoke(main, ["plugins", "info", "adag-adaptive"]).output
+    assert "Experimental" in text and "gamma" in text and "adaptive" in text
+    info = json.loads(runner.invoke(main, ["plugins", "info", "adag", "--output-format", "json"]).output)
+    assert info["options"] == [
+        {
+            "name": "window",
+            "type": "int",
+            "default": 12,
+            "help": "local steps between exchanges with the parameter server",
+        }
+    ]
+    assert info["rule"]["name"] == "add" and "AGN" in info["description"]
+    missing = runner.invoke(main, ["plugins", "info", "nope"])
+    assert missing.exit_code == 2 and "installed: adag" in missing.output

@@ -1,0 +1,157 @@
+"""End-to-end training on Spark (slow: `nox -s slow`, which CI runs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import distkeras_plus
+from distkeras_plus import ADAG, TrainingError
+from distkeras_plus.data import DataError
+from distkeras_plus.datasets import default_model
+from distkeras_plus.optimizers import OptionError
+from distkeras_plus.registry import PluginError
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+
+# Epochs in which each optimizer's defaults reach 0.90 on digits with the default model.
+CONVERGENCE = {
+    "adag": 8,
+    "adag-adaptive": 8,
+    "downpour": 6,
+    "dynsgd": 8,
+    "aeasgd": 10,
+    "eamsgd": 6,
+    "easgd": 10,
+    "averaging": 10,
+    "ensemble": 10,
+    "single": 6,
+}
+
+
+def accuracy(model: Any, data: Any) -> float:
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return float(model.evaluate(data.x_test, data.y_test, verbose=0)[1])
+
+
+@pytest.mark.parametrize("optimizer", sorted(CONVERGENCE))
+def test_each_optimizer_learns_digits(optimizer: str, spark: Any, digits_data: Any) -> None:
+    epochs = CONVERGENCE[optimizer]
+    result = distkeras_plus.train(
+        digits_data.to_spark(spark), default_model(64, 10), optimizer, num_workers=2, epochs=epochs
+    )
+    assert result.samples == epochs * len(digits_data.x_train)  # every sample, every epoch
+    acc = accuracy(result.model, digits_data)
+    print(f"{optimizer}: {acc:.3f} after {epochs} epochs in {result.seconds:.1f} s")
+    assert acc >= 0.90
+
+
+def test_trainer_class_api(spark: Any, digits_data: Any) -> None:
+    trainer = ADAG(
+        default_model(64, 10),
+        loss="sparse_categorical_crossentropy",
+        worker_optimizer="adam",
+        num_workers=2,
+        num_epoch=1,
+        window=4,
+    )
+    model = trainer.train(digits_data.to_spark(spark))
+    assert model.count_params() == default_model(64, 10).count_params()
+    assert trainer.ps_stats["commits"] > 0 and trainer.history
+
+
+def test_vectors_and_one_hot_labels(spark: Any, digits_data: Any) -> None:
+    from pyspark.ml.linalg import Vectors
+
+    rows = [
+        (Vectors.dense(x.astype(float)), [float(i == y) for i in range(10)])
+        for x, y in zip(digits_data.x_train[:400], digits_data.y_train[:400], strict=True)
+    ]
+    df = spark.createDataFrame(rows, ["pixels", "target"])
+    result = distkeras_plus.train(
+        df, default_model(64, 10), "adag", features_col="pixels", label_col="target", epochs=1
+    )
+    assert result.samples == 400
+    assert all(np.isfinite(h["loss"]) for h in result.history if h["loss"] is not None)
+
+
+def test_more_partitions_than_cores(spark: Any, digits_data: Any) -> None:
+    result = distkeras_plus.train(
+        digits_data.to_spark(spark), default_model(64, 10), "adag", num_workers=5, epochs=1
+    )
+    assert {h["worker"] for h in result.history} == set(range(5))
+    assert result.samples == len(digits_data.x_train)
+
+
+def test_synchronous_optimizers_need_a_slot_per_worker(spark: Any, digits_data: Any) -> None:
+    with pytest.raises(TrainingError, match="runs all 3 workers at once, but the cluster has 2 task slots"):
+        distkeras_plus.train(digits_data.to_spark(spark), default_model(64, 10), "averaging", num_workers=3)
+
+
+def test_bad_input_is_a_clear_error(spark: Any, digits_data: Any) -> None:
+    df = digits_data.to_spark(spark)
+    with pytest.raises(DataError, match="no features column 'pixels'; the data has columns: features, label"):
+        distkeras_plus.train(df, default_model(64, 10), features_col="pixels")
+    with pytest.raises(
+        DataError, match=r"features have 64 values per row but the model's input \(32,\) takes 32"
+    ):
+        distkeras_plus.train(df, default_model(32, 10))
+    with pytest.raises(PluginError, match="unknown optimizer 'adagrad'"):
+        distkeras_plus.train(df, default_model(64, 10), "adagrad")
+    with pytest.raises(OptionError, match="adag has no option alpha"):
+        distkeras_plus.train(df, default_model(64, 10), "adag", alpha=1.0)
+
+
+def test_a_failing_worker_fails_the_run_with_its_message(spark: Any, digits_data: Any) -> None:
+    from pyspark.sql import functions as F
+
+    df = digits_data.to_spark(spark).withColumn("label", F.col("label") + 20)  # no such class
+    with pytest.raises(TrainingError, match="label") as err:
+        distkeras_plus.train(df, default_model(64, 10), "adag", epochs=1)
+    host, port = str(err.value.ps_address).rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2)
+
+
+def installer() -> list[str]:
+    uv = shutil.which("uv")
+    return [uv, "pip", "--quiet"] if uv else [sys.executable, "-m", "pip", "--quiet"]
+
+
+def test_third_party_plugin_installs_lists_and_trains(spark: Any, digits_data: Any, tmp_path: Path) -> None:
+    install = (
+        [*installer(), "install", "--python", sys.executable]
+        if "uv" in installer()[0]
+        else [*installer(), "install"]
+    )
+    subprocess.run([*install, str(HERE / "example_plugin")], check=True)
+    try:
+        dk = str(Path(sys.executable).parent / "dk")
+        listed = json.loads(
+            subprocess.run(
+                [dk, "plugins", "list", "--output-format", "json"], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        mine = [row for row in listed if row["name"] == "mean-delta"]
+        assert mine and mine[0]["distribution"] == "dk-example-plugin"
+        result = distkeras_plus.train(
+            digits_data.to_spark(spark), default_model(64, 10), "mean-delta", epochs=3, window=2
+        )
+        assert result.ps_stats["commits"] > 0
+        assert accuracy(result.model, digits_data) > 0.5
+    finally:
+        uninstall = (
+            [*installer(), "uninstall", "--python", sys.executable]
+            if "uv" in installer()[0]
+            else [*installer(), "uninstall", "-y"]
+        )
+        subprocess.run([*uninstall, "dk-example-plugin"], check=True)

@@ -1,0 +1,31 @@
+"""Training on local Spark: the main path, end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import distkeras_plus
+from distkeras_plus.datasets import default_model
+
+
+def test_adag_on_local_spark(spark: Any, digits_data: Any) -> None:
+    df = digits_data.to_spark(spark)
+    model = default_model(64, 10)
+    result = distkeras_plus.train(df, model, "adag", num_workers=2, epochs=2, window=6)
+    assert result.model is model
+    n = len(digits_data.x_train)
+    assert result.samples == 2 * n
+    workers = {h["worker"] for h in result.history}
+    assert workers == {0, 1}
+    commits = [h for h in result.history if "staleness" in h]
+    assert result.ps_stats["commits"] == len(commits) == result.ps_stats["clock"]
+    assert all(h["time"] > 0 for h in result.history)
+    assert result.history == sorted(result.history, key=lambda h: h["time"])
+    assert result.ps_stats["workers_connected"] == 0  # every worker said goodbye
+    # The centre became the model's weights, and it learned something in two epochs.
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _, accuracy = model.evaluate(digits_data.x_test, digits_data.y_test, verbose=0)
+    assert accuracy > 0.5
+    assert not np.allclose(model.get_weights()[0], default_model(64, 10).get_weights()[0])
