@@ -112,7 +112,8 @@ def train_command(
         click.echo(json.dumps(report))
     else:
         click.echo(
-            f"{report['plugin']}: test accuracy {report['test_accuracy']:.4f} (loss {report['test_loss']:.4f}) "
+            f"{report['plugin']}: test accuracy {report['test_accuracy']:.4f} "
+            f"(loss {report['test_loss']:.4f}) "
             f"after {report['epochs']} epochs on {report['workers']} workers, {report['samples']} samples "
             f"in {report['seconds']:.1f} s; {report['commits']} commits, "
             f"{report['bytes_sent'] / 1e6:.1f} MB sent, {report['bytes_received'] / 1e6:.1f} MB received; "

@@ -68,7 +68,8 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(
 
         @hookimpl
         def dk_optimizers():
-            return [OptimizerSpec("adag", "another adag", [], lambda o, n: RuleChoice("add"), lambda ctx: None)]
+            rule = lambda o, n: RuleChoice("add")
+            return [OptimizerSpec("adag", "another adag", [], rule, lambda ctx: None)]
         """,
         "other-adag",
     )
@@ -84,7 +85,9 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(
 def test_a_broken_plugin_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_distribution(tmp_path, "broken", "broken_plugin", "raise ImportError('no numpy here')\n", "broken")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(registry.PluginError, match="plugin broken .* failed to load: no numpy here"):
+    with pytest.raises(
+        registry.PluginError, match=r"plugin broken \(broken_plugin\) failed to load: no numpy here"
+    ):
         registry.load()
 
 

@@ -1,7 +1,7 @@
 """A third-party optimizer: DOWNPOUR whose commits the server scales by 1/n (so n workers move
 the centre like one)."""
 
-from distkeras_plus import Option, OptimizerSpec, RuleChoice, hookimpl
+from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
 from distkeras_plus.worker import WorkerContext, delta_loop
 
 
