@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from distkeras_plus import Option, OptionError, registry
+from distkeras_plus import Option, OptionError, RuleChoice, registry
 from distkeras_plus.cli import main
 
 BUILT_IN = [
@@ -109,15 +109,16 @@ def test_options_are_typed_and_validated() -> None:
         flag.parse(1)
 
 
+def rule(name: str, options: dict[str, object], workers: int) -> RuleChoice | None:
+    spec = registry.get(name).spec
+    return spec.rule_for(spec.parse_options(options), workers)
+
+
 def test_rules_come_from_the_options() -> None:
-    assert registry.get("averaging").spec.rule_for({"window": 0}, 4).params == {"workers": 4, "scale": 0.25}
-    easgd = registry.get("easgd").spec
-    assert easgd.rule_for(easgd.parse_options({}), 3).name == "sync"
-    aeasgd = registry.get("aeasgd").spec
-    assert aeasgd.rule_for(aeasgd.parse_options({"rho": 2.0, "learning_rate": 0.2}), 2).params == {
-        "alpha": 0.4
-    }
-    assert registry.get("ensemble").spec.rule_for({"seed": 0}, 2) is None
+    assert rule("averaging", {}, 4) == RuleChoice("sync", {"workers": 4, "scale": 0.25})
+    assert rule("easgd", {}, 3) == RuleChoice("sync", {"workers": 3, "scale": 1.0})
+    assert rule("aeasgd", {"rho": 2.0, "learning_rate": 0.2}, 2) == RuleChoice("elastic", {"alpha": 0.4})
+    assert rule("ensemble", {}, 2) is None
 
 
 def test_dk_plugins_list_and_info() -> None:
