@@ -1,0 +1,97 @@
+"""Training through a real Spark standalone cluster: a master and two workers started from the
+installed PySpark on 127.0.0.1, driven by the `dk` command (slow; CI runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"process exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(home),
+        "SPARK_LOG_DIR": str(tmp_path),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    spark_class = str(home / "bin" / "spark-class")
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    procs = []
+    log = (tmp_path / "cluster.log").open("wb")
+    try:
+        master = subprocess.Popen(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+             "--webui-port", str(free_port())],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(master)
+        wait_for_port(port, master)
+        for i in range(2):
+            worker_port = free_port()
+            worker = subprocess.Popen(
+                [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
+                 "--port", str(worker_port), "--webui-port", str(free_port()), "--cores", "1",
+                 "--memory", "2g", "--work-dir", str(tmp_path / f"work{i}")],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            procs.append(worker)
+            wait_for_port(worker_port, worker)
+        yield master_url
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        log.close()
+
+
+def test_adag_through_a_standalone_cluster(cluster: str, tmp_path: Path) -> None:
+    dk = str(Path(sys.executable).parent / "dk")
+    out = tmp_path / "model.keras"
+    run = subprocess.run(
+        [dk, "train", "--plugin", "adag", "--master", cluster, "--workers", "2", "--epochs", "3",
+         "--output", str(out), "--output-format", "json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["plugin"] == "adag" and report["workers"] == 2
+    assert report["commits"] > 0 and report["bytes_received"] > 0
+    assert report["test_accuracy"] > 0.7
+    assert out.is_file()
