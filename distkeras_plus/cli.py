@@ -339,6 +339,25 @@ def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_f
         click.echo(module.render(results))
 
 
+@bench.command("train")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--dataset", "datasets", multiple=True, help="Only these data sets (digits, fashion-mnist).")
+@click.option(
+    "--suite",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The benchmarks/ folder of a source checkout (default: found from here).",
+)
+@OUTPUT_FORMAT
+def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, output_format: str) -> None:
+    """Training: plain Keras vs each optimizer with 2 workers on local Spark."""
+    module = _benchmarks(suite, "train")
+    results: dict[str, Any] = module.run(batch_size, list(datasets) or None)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(module.render(results))
+
+
 def _benchmarks(suite: Path | None, name: str) -> Any:
     """Imports `benchmarks.<name>` from a source checkout: benchmarks ship with the source, not the wheel."""
     candidates = (

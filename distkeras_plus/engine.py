@@ -105,7 +105,7 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
         barrier = task
 
         def all_gather(message: str) -> list[str]:
-            return barrier.allGather(message)
+            return [str(m) for m in barrier.allGather(message)]
 
     import keras
 
@@ -305,8 +305,13 @@ def local_session(workers: int, master: str | None = None) -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName("distkeras-plus").master(master or f"local[{workers}]")
-    builder = builder.config("spark.ui.enabled", "false").config(
-        "spark.sql.execution.arrow.pyspark.enabled", "true"
+    builder = (
+        SparkSession.builder.appName("distkeras-plus")
+        .master(master or f"local[{workers}]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Python workers start in the driver's directory: from a source checkout, the checkout's
+        # distkeras_plus (which has no compiled core) would shadow the installed one.
+        .config("spark.executorEnv.PYTHONSAFEPATH", "1")
     )
     return builder.getOrCreate()
