@@ -56,7 +56,9 @@ def typecheck(session: nox.Session) -> None:
     session.install("numpy", "click", "pluggy", "mypy", "pytest", "hypothesis")
     session.run("mypy")
     # -P: check the installed module, not the checkout (which has no compiled _core).
-    session.run("python", "-P", "-m", "mypy.stubtest", "distkeras_plus._core")
+    session.run(
+        "python", "-P", "-m", "mypy.stubtest", "distkeras_plus._core", "--mypy-config-file", "pyproject.toml"
+    )
 
 
 @nox.session(venv_backend="none")
@@ -70,3 +72,4 @@ def bench(session: nox.Session) -> None:
     """Every benchmark with its baseline; copy the figures into docs/benchmarks.md."""
     session.install(".", "./plugins")
     session.run("dk", "bench", "ps", *session.posargs)
+    session.run("dk", "bench", "train", *session.posargs)

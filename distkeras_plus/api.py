@@ -28,7 +28,8 @@ def train(
     """Trains a Keras model data-parallel on a Spark DataFrame.
 
     `df` has a features column (array of numbers or ML vector) and a label column (class index or
-    one-hot). `plugin` names a distributed optimizer (`dk plugins list`); `options` are its own
+    one-hot); it may also be the path of a Parquet or CSV file or folder (see `data.read`).
+    `plugin` names a distributed optimizer (`dk plugins list`); `options` are its own
     (e.g. `window=12`). `loss` defaults to sparse or plain categorical cross-entropy, depending on
     the label; `worker_optimizer` is any Keras optimizer name or config. Returns the trained model
     with each worker's history and the parameter server's statistics.

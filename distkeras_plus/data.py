@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,31 @@ class Columns:
     label: str
     num_features: int
     one_hot: bool  # label is an array<float> (one-hot) rather than a class index
+
+
+def read(spark: Any, path: str | Path, features: str, label: str) -> Any:
+    """A Parquet or CSV file or folder as a DataFrame. A CSV file has a header; when it has no
+    `features` column, every column but the label is a feature, in order."""
+    from pyspark.sql import functions as F
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no data at {path}")
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.iterdir() if not p.name.startswith((".", "_")))
+    )
+    suffixes = {p.suffix.lower() for p in files}
+    if suffixes <= {".parquet"} and files:
+        return spark.read.parquet(str(path))
+    if suffixes <= {".csv"} and files:
+        df = spark.read.csv(str(path), header=True, inferSchema=True)
+        if features not in df.columns:
+            if label not in df.columns:
+                raise DataError(f"no label column {label!r} in {path}; its columns: {', '.join(df.columns)}")
+            inputs = [c for c in df.columns if c != label]
+            df = df.select(F.array(*[F.col(f"`{c}`").cast("float") for c in inputs]).alias(features), label)
+        return df
+    raise DataError(f"{path} is neither Parquet nor CSV (found {', '.join(sorted(suffixes)) or 'nothing'})")
 
 
 def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:

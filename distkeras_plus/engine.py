@@ -24,7 +24,7 @@ import numpy as np
 
 from distkeras_plus import registry
 from distkeras_plus._core import Centre, Client, ParameterServer
-from distkeras_plus.data import Columns, DataError, prepare, to_numpy
+from distkeras_plus.data import Columns, DataError, prepare, read, to_numpy
 from distkeras_plus.ps import new_secret
 from distkeras_plus.weights import FlatWeights
 
@@ -219,6 +219,8 @@ def train(
         raise ValueError("num_workers, epochs and batch_size must be at least 1")
     if spec.single_partition:
         num_workers = 1
+    if isinstance(df, str | Path):
+        df = read(local_session(num_workers), df, features_col, label_col)
     spark = df.sparkSession
     prepared, columns = prepare(df, features_col, label_col)
     expected = int(np.prod(model.input_shape[1:]))

@@ -155,3 +155,26 @@ def test_third_party_plugin_installs_lists_and_trains(spark: Any, digits_data: A
             else [*installer(), "uninstall", "-y"]
         )
         subprocess.run([*uninstall, "dk-example-plugin"], check=True)
+
+
+def test_training_from_parquet_and_csv_paths(spark: Any, digits_data: Any, tmp_path: Path) -> None:
+    df = digits_data.to_spark(spark)
+    df.write.parquet(str(tmp_path / "digits.parquet"))
+    result = distkeras_plus.train(tmp_path / "digits.parquet", default_model(64, 10), "adag", epochs=1)
+    assert result.samples == len(digits_data.x_train)
+
+    import pandas as pd
+
+    table = pd.DataFrame(digits_data.x_train[:300], columns=[f"pixel{i}" for i in range(64)])
+    table["digit"] = digits_data.y_train[:300]
+    table.to_csv(tmp_path / "digits.csv", index=False)
+    result = distkeras_plus.train(
+        str(tmp_path / "digits.csv"), default_model(64, 10), "adag", label_col="digit"
+    )
+    assert result.samples == 300
+
+    with pytest.raises(DataError, match="no data at"):
+        distkeras_plus.train(tmp_path / "missing.parquet", default_model(64, 10))
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="neither Parquet nor CSV"):
+        distkeras_plus.train(tmp_path / "notes.txt", default_model(64, 10))
