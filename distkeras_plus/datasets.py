@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +27,13 @@ class Dataset:
     num_classes: int
 
     def to_spark(self, spark: Any, split: str = "train") -> Any:
-        """A DataFrame with `features` (array<float>) and `label` (int)."""
+        """A DataFrame with `features` (array<float>) and `label` (int).
+
+        The arrays are written to a temporary Parquet file that Spark reads: handing them to
+        `createDataFrame` would push every row through the driver's JVM heap.
+        """
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
         flat = x.reshape(len(x), -1)
@@ -30,7 +41,17 @@ class Dataset:
         table = pa.table(
             {"features": features.cast(pa.list_(pa.float32())), "label": pa.array(y, pa.int32())}
         )
-        return spark.createDataFrame(table)
+        path = Path(_scratch()) / f"{self.name}-{split}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, path)
+        return spark.read.parquet(str(path))
+
+
+@functools.cache
+def _scratch() -> str:
+    """A folder for data sets handed to Spark, removed when the process exits."""
+    folder = tempfile.mkdtemp(prefix="dk-data-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:

@@ -311,6 +311,7 @@ def local_session(workers: int, master: str | None = None) -> Any:
         SparkSession.builder.appName("distkeras-plus")
         .master(master or f"local[{workers}]")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", os.environ.get("DK_DRIVER_MEMORY", "4g"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Python workers start in the driver's directory: from a source checkout, the checkout's
         # distkeras_plus (which has no compiled core) would shadow the installed one.
