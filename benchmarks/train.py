@@ -52,7 +52,7 @@ def plain_keras(data: Any, batch_size: int) -> dict[str, Any]:
     )  # warm-up
     model = model_for(data)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    accuracy: dict[int, float] = {}
+    accuracy: dict[str, float] = {}
     seconds = 0.0
     done = 0
     for target in EPOCHS:
@@ -60,7 +60,7 @@ def plain_keras(data: Any, batch_size: int) -> dict[str, Any]:
         model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=target - done, verbose=0)
         seconds += time.perf_counter() - t
         done = target
-        accuracy[target] = evaluate(model, data)
+        accuracy[str(target)] = evaluate(model, data)
         model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy")
     return {
         "optimizer": "keras.fit (1 process)",
@@ -75,13 +75,13 @@ def distributed(spark: Any, data: Any, optimizer: str, batch_size: int, **option
 
     df = data.to_spark(spark).cache()
     df.count()
-    accuracy: dict[int, float] = {}
+    accuracy: dict[str, float] = {}
     runs = []
     for epochs in EPOCHS:
         result = distkeras_plus.train(
             df, model_for(data), optimizer, num_workers=2, epochs=epochs, batch_size=batch_size, **options
         )
-        accuracy[epochs] = evaluate(result.model, data)
+        accuracy[str(epochs)] = evaluate(result.model, data)
         runs.append(result)
     last = runs[-1]
     finals = {}
@@ -172,7 +172,7 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", f"{s['dataset']} ({s['train_samples']} training samples), 2 workers on local[2]:"]
         lines.append("  optimizer               samples/s  vs keras  acc@1   acc@2   acc@4   wall s  comm")
         for r in s["rows"]:
-            acc = "  ".join(f"{r['accuracy'][e]:.4f}" for e in EPOCHS)
+            acc = "  ".join(f"{r['accuracy'][str(e)]:.4f}" for e in EPOCHS)
             vs = f"{r['vs_keras']:6.2f}x" if "vs_keras" in r else "      -"
             comm = f"{100 * r['comm_share']:4.1f}%" if "comm_share" in r else "    -"
             speed = r["samples_per_second"]
