@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
 from distkeras_plus.worker import WorkerContext, sync_loop
-from distkeras_plus_optimizers.common import adam
 
 
 def run(ctx: WorkerContext) -> None:
@@ -22,7 +21,6 @@ def dk_optimizers() -> list[OptimizerSpec]:
             ],
             rule=lambda opts, n: RuleChoice("sync", {"workers": n, "scale": 1.0 / n}),
             worker=run,
-            worker_optimizer=adam(0.003),
             synchronous=True,
             description="Runs as a Spark barrier stage; the server's round sum is reset every round "
             "(the original's was not) and every worker trains on all of its data.",
