@@ -212,8 +212,7 @@ def train(
     ps_host: str | None = None,
 ) -> TrainResult:
     """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`."""
-    registered = registry.get(optimizer)
-    spec = registered.spec
+    spec = registry.get(optimizer).spec
     opts = spec.parse_options(options or {})
     if num_workers < 1 or epochs < 1 or batch_size < 1:
         raise ValueError("num_workers, epochs and batch_size must be at least 1")
