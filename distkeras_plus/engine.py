@@ -310,6 +310,7 @@ def local_session(workers: int, master: str | None = None) -> Any:
         SparkSession.builder.appName("distkeras-plus")
         .master(master or f"local[{workers}]")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", os.environ.get("DK_DRIVER_MEMORY", "4g"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Python workers start in the driver's directory: from a source checkout, the checkout's
