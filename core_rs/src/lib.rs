@@ -5,6 +5,7 @@
 
 pub mod centre;
 pub mod client;
+pub mod codec;
 pub mod error;
 pub mod layout;
 pub mod protocol;
