@@ -10,11 +10,13 @@ import numpy.typing as npt
 _F32: TypeAlias = npt.NDArray[np.float32]
 
 __all__ = [
+    "CODECS",
     "PROTOCOL_VERSION",
     "RULES",
     "AuthenticationError",
     "Centre",
     "Client",
+    "Codec",
     "CommitRejectedError",
     "DkError",
     "Layout",
@@ -25,6 +27,7 @@ __all__ = [
 ]
 
 RULES: Final[str]
+CODECS: Final[str]
 PROTOCOL_VERSION: Final[int]
 
 class DkError(Exception): ...
@@ -89,6 +92,7 @@ class ParameterServer:
         port: int = 0,
         handshake_timeout: float = 10.0,
         max_connections: int = 1024,
+        codecs: Sequence[str] | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...
@@ -121,6 +125,8 @@ class Client:
         attempt: int = 0,
         connect_timeout: float = 30.0,
         timeout: float | None = None,
+        codec: str = "none",
+        pull_codec: str = "none",
     ) -> Self: ...
     @property
     def num_params(self) -> int: ...
@@ -145,3 +151,16 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool: ...
+
+@final
+class Codec:
+    """A wire codec: none, fp16, bf16, int8, int8:stochastic, topk:RATIO."""
+
+    def __new__(cls, name: str) -> Self: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def lossy(self) -> bool: ...
+    def max_encoded_len(self, num_values: int) -> int: ...
+    def encode(self, values: _F32, seed: int = 0) -> bytes: ...
+    def decode(self, data: bytes, out: _F32) -> None: ...

@@ -24,6 +24,14 @@ OPS = {
     "stats_reply": 10,
     "bye": 11,
 }
+#: Hello codec bytes: commit codec id, pull codec id, two zero bytes, f32 parameter.
+CODEC_NONE = bytes(8)
+
+
+def codecs(commit_id: int, param: float = 0.0, pull_id: int = 0) -> bytes:
+    return struct.pack("<BBHf", commit_id, pull_id, 0, param)
+
+
 ERROR_CODES = {1: "authentication", 2: "layout", 3: "protocol", 4: "rejected", 5: "closed"}
 
 
@@ -77,21 +85,30 @@ class RawWorker:
         self.server_nonce = payload
 
     def hello_payload(
-        self, secret: bytes, shapes: list[list[int]], worker_id: int = 0, attempt: int = 0
+        self,
+        secret: bytes,
+        shapes: list[list[int]],
+        worker_id: int = 0,
+        attempt: int = 0,
+        codecs: bytes = CODEC_NONE,
     ) -> bytes:
         client_nonce = os.urandom(32)
         lh = layout_hash(shapes)
         ids = struct.pack("<II", worker_id, attempt)
-        mac = hmac.new(
-            secret, b"distkeras-plus hello v1" + self.server_nonce + ids + client_nonce + lh, hashlib.sha256
-        ).digest()
+        signed = b"distkeras-plus hello v1" + self.server_nonce + ids + client_nonce + lh + codecs
+        mac = hmac.new(secret, signed, hashlib.sha256).digest()
         self.client_nonce = client_nonce
-        return ids + client_nonce + lh + mac
+        return ids + client_nonce + lh + codecs + mac
 
     def hello(
-        self, secret: bytes, shapes: list[list[int]], worker_id: int = 0, attempt: int = 0
+        self,
+        secret: bytes,
+        shapes: list[list[int]],
+        worker_id: int = 0,
+        attempt: int = 0,
+        codecs: bytes = CODEC_NONE,
     ) -> tuple[int, bytes]:
-        self.sock.sendall(frame("hello", self.hello_payload(secret, shapes, worker_id, attempt)))
+        self.sock.sendall(frame("hello", self.hello_payload(secret, shapes, worker_id, attempt, codecs)))
         op, payload = read_frame(self.sock)
         if op == OPS["welcome"]:
             expected = hmac.new(

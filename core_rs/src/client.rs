@@ -1,19 +1,48 @@
 //! The worker's side of the protocol: a blocking TCP client that pulls into and commits from
 //! caller-owned buffers without intermediate copies.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use crate::centre::Applied;
+use crate::codec::{Codec, Feedback};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::protocol::{self as p, Op};
 use crate::rules::{ELASTIC_CODE, SYNC_CODE};
 use crate::server::resolve;
 
+/// How a client connects: retry attempt, timeouts, and the codecs for commits and pulls.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    pub attempt: u32,
+    pub connect_timeout: Duration,
+    /// Bounds every read and write after the handshake (`None`: wait as long as needed).
+    pub timeout: Option<Duration>,
+    pub commit_codec: Codec,
+    pub pull_codec: Codec,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            attempt: 0,
+            connect_timeout: Duration::from_secs(30),
+            timeout: None,
+            commit_codec: Codec::None,
+            pull_codec: Codec::None,
+        }
+    }
+}
+
 pub struct Client {
     stream: TcpStream,
+    commit_codec: Codec,
+    pull_codec: Codec,
+    /// Error feedback for lossy commit codecs (not for elastic commits, which carry weights).
+    feedback: Option<Feedback>,
+    encoded: Vec<u8>,
     worker_id: u32,
     num_params: usize,
     replies_with_vector: bool,
@@ -54,6 +83,30 @@ impl Client {
         connect_timeout: Duration,
         timeout: Option<Duration>,
     ) -> Result<Client> {
+        let options = ClientOptions {
+            attempt,
+            connect_timeout,
+            timeout,
+            ..ClientOptions::default()
+        };
+        Self::open(addr, secret, layout, worker_id, options)
+    }
+
+    /// As `connect`, with every option (codecs included).
+    pub fn open(
+        addr: &str,
+        secret: &[u8],
+        layout: &Layout,
+        worker_id: u32,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let ClientOptions {
+            attempt,
+            connect_timeout,
+            timeout,
+            commit_codec,
+            pull_codec,
+        } = options;
         let sock = resolve(addr)?;
         let stream = TcpStream::connect_timeout(&sock, connect_timeout).map_err(|e| {
             Error::Io(io::Error::new(
@@ -66,6 +119,10 @@ impl Client {
         stream.set_write_timeout(Some(connect_timeout))?;
         let mut client = Client {
             stream,
+            commit_codec,
+            pull_codec,
+            feedback: None,
+            encoded: Vec::new(),
             worker_id,
             num_params: layout.num_params(),
             replies_with_vector: false,
@@ -92,6 +149,7 @@ impl Client {
             attempt,
             client_nonce: p::nonce()?,
             layout_hash: *layout.hash(),
+            codecs: p::encode_codecs(&self.commit_codec, &self.pull_codec),
             mac: [0; p::MAC_LEN],
         };
         hello.mac = p::hello_mac(secret, &server_nonce, &hello);
@@ -114,6 +172,9 @@ impl Client {
         }
         self.rule_code = welcome.rule_code;
         self.replies_with_vector = matches!(welcome.rule_code, ELASTIC_CODE | SYNC_CODE);
+        if self.commit_codec.lossy() && welcome.rule_code != ELASTIC_CODE {
+            self.feedback = Some(Feedback::default());
+        }
         self.last_pull_clock = welcome.clock;
         Ok(())
     }
@@ -184,6 +245,35 @@ impl Client {
         Ok(())
     }
 
+    /// Reads a reply whose payload is `head` then exactly `body.len()` bytes (or fewer, when the
+    /// reply is shorter: `body` is truncated to what arrived).
+    fn read_reply_bytes(
+        &mut self,
+        expected: Op,
+        head: &mut [u8],
+        body: &mut Vec<u8>,
+    ) -> Result<()> {
+        let max = (head.len() + body.len()).max(p::SMALL_FRAME as usize) as u64;
+        let h = p::read_header(&mut self.stream, max)?;
+        if h.op == Op::Error && h.len <= p::SMALL_FRAME {
+            let payload = p::read_small(&mut self.stream, h.len)?;
+            self.bytes_in += p::HEADER_LEN as u64 + h.len;
+            return Err(p::decode_error(&payload));
+        }
+        if h.op != expected || h.len < head.len() as u64 || h.len > (head.len() + body.len()) as u64
+        {
+            return Err(Error::protocol(format!(
+                "expected a {expected:?} reply, got {:?} of {} bytes",
+                h.op, h.len
+            )));
+        }
+        body.truncate(h.len as usize - head.len());
+        self.stream.read_exact(head)?;
+        self.stream.read_exact(body)?;
+        self.bytes_in += p::HEADER_LEN as u64 + h.len;
+        Ok(())
+    }
+
     fn check_len(&self, what: &str, len: usize) -> Result<()> {
         if len != self.num_params {
             return Err(Error::invalid(format!(
@@ -199,8 +289,19 @@ impl Client {
         self.check_len("pull buffer", out.len())?;
         self.send(Op::Pull, &[], &[]).map_err(lost)?;
         let mut head = [0u8; 8];
-        self.read_reply(Op::Centre, &mut head, Some(out))
-            .map_err(lost)?;
+        if self.pull_codec == Codec::None {
+            self.read_reply(Op::Centre, &mut head, Some(out))
+                .map_err(lost)?;
+        } else {
+            let mut encoded = std::mem::take(&mut self.encoded);
+            encoded.resize(self.pull_codec.max_encoded_len(self.num_params), 0);
+            let read = self
+                .read_reply_bytes(Op::Centre, &mut head, &mut encoded)
+                .map_err(lost);
+            let decoded = read.and_then(|()| self.pull_codec.decode(&encoded, out));
+            self.encoded = encoded;
+            decoded?;
+        }
         self.last_pull_clock = u64::from_le_bytes(head);
         Ok(self.last_pull_clock)
     }
@@ -223,10 +324,27 @@ impl Client {
         };
         self.seq += 1;
         let head = p::encode_commit_head(self.worker_id, self.seq, self.last_pull_clock);
-        self.send(Op::Commit, &head, delta).map_err(lost)?;
+        if self.commit_codec == Codec::None {
+            self.send(Op::Commit, &head, delta).map_err(lost)?;
+        } else {
+            let mut encoded = std::mem::take(&mut self.encoded);
+            let seed = (u64::from(self.worker_id) << 40) ^ self.seq;
+            match &mut self.feedback {
+                Some(feedback) => feedback.encode(&self.commit_codec, delta, seed, &mut encoded)?,
+                None => self.commit_codec.encode(delta, seed, &mut encoded),
+            }
+            let sent = p::write_frame_bytes(&mut self.stream, Op::Commit, &head, &encoded);
+            self.encoded = encoded;
+            self.bytes_out += sent.map_err(lost)?;
+        }
         let mut reply_head = [0u8; 16];
-        self.read_reply(Op::Committed, &mut reply_head, reply)
-            .map_err(lost)?;
+        let replied = self
+            .read_reply(Op::Committed, &mut reply_head, reply)
+            .map_err(lost);
+        if let (Err(Error::Rejected(_)), Some(feedback)) = (&replied, &mut self.feedback) {
+            feedback.unsent(); // nothing of it was applied: keep all of it for the next commit
+        }
+        replied?;
         let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
         let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
         if self.rule_code == SYNC_CODE {

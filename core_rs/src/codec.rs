@@ -391,6 +391,11 @@ impl Feedback {
         &self.residual
     }
 
+    /// After a commit the server refused: nothing of it was applied, so all of it stays unsent.
+    pub fn unsent(&mut self) {
+        self.residual.copy_from_slice(&self.target);
+    }
+
     /// Encodes `delta` plus the residual into `out` and updates the residual.
     pub fn encode(
         &mut self,

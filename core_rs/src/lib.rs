@@ -17,7 +17,8 @@ pub mod stats;
 mod python;
 
 pub use centre::{Applied, Centre, Finite};
-pub use client::Client;
+pub use client::{Client, ClientOptions};
+pub use codec::Codec;
 pub use error::{Error, Result};
 pub use layout::Layout;
 pub use rules::Rule;

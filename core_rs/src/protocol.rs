@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 
 #[cfg(target_endian = "big")]
@@ -133,7 +134,11 @@ pub fn read_header(r: &mut impl Read, max_len: u64) -> Result<Header> {
 
 /// Writes a frame whose payload is `head` followed by the raw bytes of `values`.
 pub fn write_frame(w: &mut impl Write, op: Op, head: &[u8], values: &[f32]) -> Result<u64> {
-    let body: &[u8] = bytemuck::cast_slice(values);
+    write_frame_bytes(w, op, head, bytemuck::cast_slice(values))
+}
+
+/// Writes a frame whose payload is `head` followed by `body`.
+pub fn write_frame_bytes(w: &mut impl Write, op: Op, head: &[u8], body: &[u8]) -> Result<u64> {
     let len = (head.len() + body.len()) as u64;
     let mut first = Vec::with_capacity(HEADER_LEN + head.len());
     first.extend_from_slice(&encode_header(op, len));
@@ -229,10 +234,34 @@ pub struct Hello {
     pub attempt: u32,
     pub client_nonce: [u8; NONCE_LEN],
     pub layout_hash: [u8; 32],
+    /// Commit codec id, pull codec id, two zero bytes, commit codec parameter (f32).
+    pub codecs: [u8; 8],
     pub mac: [u8; MAC_LEN],
 }
 
-pub const HELLO_LEN: u64 = 4 + 4 + NONCE_LEN as u64 + 32 + MAC_LEN as u64;
+pub const HELLO_LEN: u64 = 4 + 4 + NONCE_LEN as u64 + 32 + 8 + MAC_LEN as u64;
+
+/// The codec bytes of a hello.
+pub fn encode_codecs(commit: &Codec, pull: &Codec) -> [u8; 8] {
+    let (id, param) = commit.to_wire();
+    let mut out = [0u8; 8];
+    out[0] = id;
+    out[1] = pull.to_wire().0;
+    out[4..].copy_from_slice(&param.to_le_bytes());
+    out
+}
+
+/// (commit codec, pull codec) from a hello's codec bytes.
+pub fn decode_codecs(bytes: &[u8; 8]) -> Result<(Codec, Codec)> {
+    if bytes[2] != 0 || bytes[3] != 0 {
+        return Err(Error::protocol("reserved codec bytes must be zero"));
+    }
+    let param = f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    Ok((
+        Codec::from_wire(bytes[0], param)?,
+        Codec::from_wire(bytes[1], 0.0)?,
+    ))
+}
 
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
@@ -241,6 +270,7 @@ impl Hello {
         out.extend_from_slice(&self.attempt.to_le_bytes());
         out.extend_from_slice(&self.client_nonce);
         out.extend_from_slice(&self.layout_hash);
+        out.extend_from_slice(&self.codecs);
         out.extend_from_slice(&self.mac);
         out
     }
@@ -251,6 +281,7 @@ impl Hello {
             attempt: f.u32()?,
             client_nonce: f.array()?,
             layout_hash: f.array()?,
+            codecs: f.array()?,
             mac: f.array()?,
         };
         f.finish()?;
@@ -304,15 +335,15 @@ fn mac_over(secret: &[u8], parts: &[&[u8]]) -> HmacSha256 {
 fn hello_parts<'a>(
     server_nonce: &'a [u8; NONCE_LEN],
     ids: &'a [u8; 8],
-    client_nonce: &'a [u8; NONCE_LEN],
-    layout_hash: &'a [u8; 32],
-) -> [&'a [u8]; 5] {
+    hello: &'a Hello,
+) -> [&'a [u8]; 6] {
     [
         b"distkeras-plus hello v1",
         server_nonce,
         ids,
-        client_nonce,
-        layout_hash,
+        &hello.client_nonce,
+        &hello.layout_hash,
+        &hello.codecs,
     ]
 }
 
@@ -325,14 +356,14 @@ fn ids(worker_id: u32, attempt: u32) -> [u8; 8] {
 
 pub fn hello_mac(secret: &[u8], server_nonce: &[u8; NONCE_LEN], hello: &Hello) -> [u8; MAC_LEN] {
     let ids = ids(hello.worker_id, hello.attempt);
-    let parts = hello_parts(server_nonce, &ids, &hello.client_nonce, &hello.layout_hash);
+    let parts = hello_parts(server_nonce, &ids, hello);
     mac_over(secret, &parts).finalize().into_bytes().into()
 }
 
 /// Constant-time check of a worker's hello MAC.
 pub fn verify_hello(secret: &[u8], server_nonce: &[u8; NONCE_LEN], hello: &Hello) -> bool {
     let ids = ids(hello.worker_id, hello.attempt);
-    let parts = hello_parts(server_nonce, &ids, &hello.client_nonce, &hello.layout_hash);
+    let parts = hello_parts(server_nonce, &ids, hello);
     mac_over(secret, &parts).verify_slice(&hello.mac).is_ok()
 }
 
@@ -486,6 +517,7 @@ mod tests {
             attempt: 1,
             client_nonce: [9; NONCE_LEN],
             layout_hash: [1; 32],
+            codecs: encode_codecs(&Codec::TopK { ratio: 0.01 }, &Codec::Fp16),
             mac: [0; 32],
         };
         hello.mac = hello_mac(secret, &server_nonce, &hello);
@@ -498,6 +530,7 @@ mod tests {
             |h: &mut Hello| h.attempt = 2,
             |h: &mut Hello| h.layout_hash[0] ^= 1,
             |h: &mut Hello| h.client_nonce[5] ^= 1,
+            |h: &mut Hello| h.codecs[0] = 0,
         ] {
             let mut t = hello.clone();
             tamper(&mut t);

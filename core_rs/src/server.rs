@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::centre::{Applied, Centre, Finite};
+use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::protocol::{self as p, ErrorCode, Op};
@@ -28,6 +29,8 @@ pub struct ServerConfig {
     /// How long an unauthenticated connection may take to say hello.
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    /// Codec families workers may use (`none`, `fp16`, `bf16`, `int8`, `topk`); `None`: all.
+    pub accept_codecs: Option<Vec<String>>,
 }
 
 impl ServerConfig {
@@ -38,6 +41,7 @@ impl ServerConfig {
             secret,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            accept_codecs: None,
         }
     }
 }
@@ -48,6 +52,7 @@ struct Shared {
     secret: Vec<u8>,
     handshake_timeout: Duration,
     max_connections: usize,
+    accept_codecs: Option<Vec<String>>,
     stopping: AtomicBool,
     counters: Counters,
     /// Highest sequence number applied or in flight, per (worker, attempt): a replay is refused.
@@ -96,6 +101,7 @@ impl Server {
             secret: config.secret,
             handshake_timeout: config.handshake_timeout,
             max_connections: config.max_connections,
+            accept_codecs: config.accept_codecs,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             last_seq: Mutex::new(HashMap::new()),
@@ -223,6 +229,10 @@ struct Session<'a> {
     sent: Vec<f32>,
     pulled: bool,
     received: Vec<f32>,
+    commit_codec: Codec,
+    pull_codec: Codec,
+    /// Compressed bytes, in or out.
+    encoded: Vec<u8>,
 }
 
 impl<'a> Session<'a> {
@@ -234,6 +244,9 @@ impl<'a> Session<'a> {
             sent: Vec::new(),
             pulled: false,
             received: Vec::new(),
+            commit_codec: Codec::None,
+            pull_codec: Codec::None,
+            encoded: Vec::new(),
         }
     }
 
@@ -306,6 +319,10 @@ impl<'a> Session<'a> {
                 shared.layout.describe()
             )));
         }
+        let (commit_codec, pull_codec) = p::decode_codecs(&hello.codecs)?;
+        self.check_codecs(commit_codec, pull_codec)?;
+        self.commit_codec = commit_codec;
+        self.pull_codec = pull_codec;
         let welcome = p::Welcome {
             mac: p::welcome_mac(&shared.secret, &hello.client_nonce, &server_nonce),
             num_params: shared.centre.len() as u64,
@@ -320,9 +337,38 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    fn check_codecs(&self, commit: Codec, pull: Codec) -> Result<()> {
+        if let Some(accepted) = &self.shared.accept_codecs {
+            for codec in [commit, pull] {
+                if !accepted.iter().any(|a| a == codec.kind()) {
+                    return Err(Error::protocol(format!(
+                        "this parameter server does not accept codec {}; it accepts: {}",
+                        codec.name(),
+                        accepted.join(", ")
+                    )));
+                }
+            }
+        }
+        if !matches!(pull, Codec::None | Codec::Fp16 | Codec::Bf16) {
+            return Err(Error::protocol(format!(
+                "pulls can use none, fp16 or bf16, not {}",
+                pull.name()
+            )));
+        }
+        if matches!(self.shared.centre.rule(), Rule::Elastic { .. })
+            && matches!(commit, Codec::Int8 { .. } | Codec::TopK { .. })
+        {
+            return Err(Error::protocol(format!(
+                "elastic commits carry weights, which {} cannot compress; use none, fp16 or bf16",
+                commit.name()
+            )));
+        }
+        Ok(())
+    }
+
     fn serve(&mut self) -> Result<()> {
         let n = self.shared.centre.len();
-        let max_frame = (p::COMMIT_HEAD_LEN + 4 * n) as u64;
+        let max_frame = (p::COMMIT_HEAD_LEN + self.commit_codec.max_encoded_len(n)) as u64;
         loop {
             let header = p::read_header(&mut self.stream, max_frame)?;
             self.shared.counters.add(
@@ -345,8 +391,12 @@ impl<'a> Session<'a> {
                     self.pull()?;
                 }
                 Op::Commit => {
-                    expect(max_frame)?;
-                    self.commit()?;
+                    if self.commit_codec == Codec::None {
+                        expect(max_frame)?;
+                    } else if header.len < p::COMMIT_HEAD_LEN as u64 {
+                        return Err(Error::protocol("commit frame is shorter than its header"));
+                    }
+                    self.commit(header.len as usize - p::COMMIT_HEAD_LEN)?;
                 }
                 Op::Stats => {
                     expect(0)?;
@@ -372,30 +422,48 @@ impl<'a> Session<'a> {
         self.shared
             .counters
             .worker_pulled(self.worker.expect("authenticated").0);
+        if self.pull_codec != Codec::None {
+            let mut encoded = std::mem::take(&mut self.encoded);
+            self.pull_codec.encode(&self.sent, clock, &mut encoded);
+            let n =
+                p::write_frame_bytes(&mut self.stream, Op::Centre, &clock.to_le_bytes(), &encoded);
+            self.encoded = encoded;
+            self.shared
+                .counters
+                .add(&self.shared.counters.bytes_out, n?);
+            return Ok(());
+        }
         let sent = std::mem::take(&mut self.sent);
         let result = self.send(Op::Centre, &clock.to_le_bytes(), &sent);
         self.sent = sent;
         result
     }
 
-    fn commit(&mut self) -> Result<()> {
+    fn commit(&mut self, body_len: usize) -> Result<()> {
         let shared = self.shared;
         let (worker, attempt) = self.worker.expect("authenticated");
         let mut head = [0u8; p::COMMIT_HEAD_LEN];
         self.received.resize(shared.centre.len(), 0.0);
-        // The whole frame is read before anything is applied.
+        // The whole frame is read before anything is checked or applied.
         self.stream.read_exact(&mut head)?;
-        let finite = p::read_finite(&mut self.stream, &mut self.received)?;
+        let valid = if self.commit_codec == Codec::None {
+            if p::read_finite(&mut self.stream, &mut self.received)? {
+                Ok(())
+            } else {
+                Err(Error::rejected(
+                    "commit contains NaN or infinity; the centre is unchanged",
+                ))
+            }
+        } else {
+            self.encoded.resize(body_len, 0);
+            self.stream.read_exact(&mut self.encoded)?;
+            self.commit_codec.decode(&self.encoded, &mut self.received)
+        };
         let head = p::decode_commit_head(&head)?;
 
-        let outcome = if finite {
-            self.check_seq(worker, attempt, &head)
-                .and_then(|()| self.apply(worker, &head))
-        } else {
-            Err(Error::rejected(
-                "commit contains NaN or infinity; the centre is unchanged",
-            ))
-        };
+        let outcome = valid
+            .and_then(|()| self.check_seq(worker, attempt, &head))
+            .and_then(|()| self.apply(worker, &head));
         match outcome {
             Ok(applied) => {
                 shared.counters.worker_committed(worker, applied.staleness);

@@ -181,3 +181,66 @@ fn stop_closes_everything_and_frees_the_port() {
         again.err()
     );
 }
+
+fn connect_with(
+    server: &Server,
+    layout: &Layout,
+    worker: u32,
+    commit: &str,
+    pull: &str,
+) -> distkeras_plus_core::Result<Client> {
+    let options = distkeras_plus_core::ClientOptions {
+        commit_codec: distkeras_plus_core::Codec::parse(commit).unwrap(),
+        pull_codec: distkeras_plus_core::Codec::parse(pull).unwrap(),
+        ..Default::default()
+    };
+    Client::open(&server.addr().to_string(), SECRET, layout, worker, options)
+}
+
+#[test]
+fn compressed_commits_and_pulls() {
+    let n = 10_000;
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &vec![0.0; n]);
+    let delta: Vec<f32> = (0..n).map(|i| ((i % 13) as f32 - 6.0) / 4.0).collect();
+    for (k, codec) in ["fp16", "bf16", "int8", "int8:stochastic", "topk:0.05"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = connect_with(&server, &layout, k as u32, codec, "fp16").unwrap();
+        let before = server.stats().bytes_in;
+        c.commit(&delta, None).unwrap();
+        let sent = server.stats().bytes_in - before;
+        assert!(sent < (4 * n) as u64 / 2 + 100, "{codec} sent {sent} bytes");
+        let mut out = vec![0.0; n];
+        c.pull(&mut out).unwrap();
+    }
+    // Every codec's commit reached the centre, to its precision.
+    let mut centre = vec![0.0; n];
+    server.centre().pull(&mut centre).unwrap();
+    let total: f32 = delta.iter().map(|d| d.abs()).sum::<f32>() * 5.0;
+    let got: f32 = centre.iter().map(|c| c.abs()).sum();
+    assert!(got > 0.5 * total, "{got} vs {total}");
+}
+
+#[test]
+fn refused_codecs_are_clear() {
+    let layout = Layout::flat(100).unwrap();
+    let centre = Arc::new(Centre::new(Rule::Add { scale: 1.0 }, &[0.0; 100]).unwrap());
+    let mut config = ServerConfig::new("127.0.0.1", 0, SECRET.to_vec());
+    config.accept_codecs = Some(vec!["none".into(), "fp16".into()]);
+    let server = Server::start(centre, layout.clone(), config).unwrap();
+    let err = connect_with(&server, &layout, 0, "topk:0.1", "none")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("does not accept codec topk:0.1; it accepts: none, fp16"),
+        "{err}"
+    );
+    assert!(connect_with(&server, &layout, 0, "fp16", "fp16").is_ok());
+    let err = connect_with(&server, &layout, 0, "none", "int8")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not accept codec int8"), "{err}");
+}

@@ -75,10 +75,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CommitRejectedError", py.get_type::<CommitRejectedError>())?;
     m.add("ServerClosedError", py.get_type::<ServerClosedError>())?;
     m.add("RULES", crate::rules::RULE_NAMES)?;
+    m.add("CODECS", crate::codec::CODECS)?;
     m.add("PROTOCOL_VERSION", crate::protocol::VERSION)?;
     m.add_class::<objects::PyLayout>()?;
     m.add_class::<objects::PyCentre>()?;
     m.add_class::<objects::PyServer>()?;
     m.add_class::<objects::PyClient>()?;
+    m.add_class::<objects::PyCodec>()?;
     Ok(())
 }

@@ -13,7 +13,8 @@ use pyo3::types::{PyBytes, PyDict};
 
 use super::{released, to_py, LayoutMismatchError, ServerClosedError};
 use crate::centre::{Centre, Finite};
-use crate::client::Client;
+use crate::client::{Client, ClientOptions};
+use crate::codec::Codec;
 use crate::layout::Layout;
 use crate::rules::Rule;
 use crate::server::{Server, ServerConfig};
@@ -240,7 +241,7 @@ pub struct PyServer {
 #[pymethods]
 impl PyServer {
     #[new]
-    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024))]
+    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024, codecs = None))]
     fn new(
         py: Python<'_>,
         centre: &PyCentre,
@@ -250,10 +251,21 @@ impl PyServer {
         port: u16,
         handshake_timeout: f64,
         max_connections: usize,
+        codecs: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let mut config = ServerConfig::new(host, port, secret.to_vec());
         config.handshake_timeout = seconds("handshake_timeout", handshake_timeout)?;
         config.max_connections = max_connections;
+        if let Some(kinds) = &codecs {
+            for kind in kinds {
+                if !["none", "fp16", "bf16", "int8", "topk"].contains(&kind.as_str()) {
+                    return Err(PyValueError::new_err(format!(
+                        "unknown codec {kind:?}; codec families: none, fp16, bf16, int8, topk"
+                    )));
+                }
+            }
+        }
+        config.accept_codecs = codecs;
         let (centre, layout) = (Arc::clone(&centre.inner), layout.inner.clone());
         Ok(PyServer {
             inner: released(py, || Server::start(centre, layout, config))?,
@@ -371,7 +383,7 @@ impl PyClient {
 #[pymethods]
 impl PyClient {
     #[new]
-    #[pyo3(signature = (address, secret, layout, worker_id, attempt = 0, connect_timeout = 30.0, timeout = None))]
+    #[pyo3(signature = (address, secret, layout, worker_id, attempt = 0, connect_timeout = 30.0, timeout = None, codec = "none", pull_codec = "none"))]
     fn new(
         py: Python<'_>,
         address: &str,
@@ -381,20 +393,21 @@ impl PyClient {
         attempt: u32,
         connect_timeout: f64,
         timeout: Option<f64>,
+        codec: &str,
+        pull_codec: &str,
     ) -> PyResult<Self> {
         let connect_timeout = seconds("connect_timeout", connect_timeout)?;
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
         let (secret, layout) = (secret.to_vec(), &layout.inner);
+        let options = ClientOptions {
+            attempt,
+            connect_timeout,
+            timeout,
+            commit_codec: Codec::parse(codec).map_err(to_py)?,
+            pull_codec: Codec::parse(pull_codec).map_err(to_py)?,
+        };
         let client = released(py, || {
-            Client::connect(
-                address,
-                &secret,
-                layout,
-                worker_id,
-                attempt,
-                connect_timeout,
-                timeout,
-            )
+            Client::open(address, &secret, layout, worker_id, options)
         })?;
         Ok(PyClient {
             inner: Some(client),
@@ -481,5 +494,69 @@ impl PyClient {
     ) -> bool {
         self.close(py);
         false
+    }
+}
+
+/// A wire codec, for measuring it: `Codec("topk:0.01").encode(values)`.
+#[pyclass(name = "Codec", module = "distkeras_plus._core", frozen)]
+pub struct PyCodec {
+    inner: Codec,
+}
+
+#[pymethods]
+impl PyCodec {
+    #[new]
+    fn new(name: &str) -> PyResult<Self> {
+        Ok(PyCodec {
+            inner: Codec::parse(name).map_err(to_py)?,
+        })
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    #[getter]
+    fn lossy(&self) -> bool {
+        self.inner.lossy()
+    }
+
+    fn max_encoded_len(&self, num_values: usize) -> usize {
+        self.inner.max_encoded_len(num_values)
+    }
+
+    /// The encoded bytes of a float32 vector (`seed` drives stochastic rounding).
+    #[pyo3(signature = (values, seed = 0))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        values: PyReadonlyArray1<'_, f32>,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let values = slice(&values, "values")?;
+        let codec = self.inner;
+        let mut out = Vec::new();
+        released(py, || {
+            codec.encode(values, seed, &mut out);
+            Ok(())
+        })?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Decodes `data` into all of `out`; a malformed payload raises `CommitRejectedError`.
+    fn decode(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        mut out: PyReadwriteArray1<'_, f32>,
+    ) -> PyResult<()> {
+        let out = slice_mut(&mut out, "out")?;
+        let codec = self.inner;
+        released(py, || codec.decode(data, out))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Codec({:?})", self.inner.name())
     }
 }
