@@ -23,6 +23,8 @@ def train(
     worker_optimizer: Any = None,
     seed: int = 0,
     ps_host: str | None = None,
+    codec: str | None = None,
+    pull_codec: str = "none",
     **options: Any,
 ) -> TrainResult:
     """Trains a Keras model data-parallel on a Spark DataFrame.
@@ -31,8 +33,10 @@ def train(
     one-hot); it may also be the path of a Parquet or CSV file or folder (see `data.read`).
     `plugin` names a distributed optimizer (`dk plugins list`); `options` are its own
     (e.g. `window=12`). `loss` defaults to sparse or plain categorical cross-entropy, depending on
-    the label; `worker_optimizer` is any Keras optimizer name or config. Returns the trained model
-    with each worker's history and the parameter server's statistics.
+    the label; `worker_optimizer` is any Keras optimizer name or config. `codec` compresses commits
+    (`none`, `fp16`, `bf16`, `int8`, `int8:stochastic`, `topk:RATIO`; default: the optimizer's),
+    `pull_codec` pulls (`none`, `fp16`, `bf16`). Returns the trained model with each worker's
+    history and the parameter server's statistics.
     """
     return _train(
         df,
@@ -49,6 +53,8 @@ def train(
         worker_optimizer=worker_optimizer,
         seed=seed,
         ps_host=ps_host,
+        codec=codec,
+        pull_codec=pull_codec,
     )
 
 
@@ -71,6 +77,8 @@ class Trainer:
         features_col: str = "features",
         label_col: str = "label",
         seed: int = 0,
+        codec: str | None = None,
+        pull_codec: str = "none",
         **options: Any,
     ) -> None:
         self.model = model
@@ -84,6 +92,8 @@ class Trainer:
             "features_col": features_col,
             "label_col": label_col,
             "seed": seed,
+            "codec": codec,
+            "pull_codec": pull_codec,
         }
         self.options = options
         self.result: TrainResult | None = None

@@ -70,6 +70,10 @@ def main() -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
+    "--codec", default=None, help="Commit codec: none, fp16, bf16, int8, int8:stochastic, topk:RATIO."
+)
+@click.option("--pull-codec", default="none", show_default=True, help="Pull codec: none, fp16, bf16.")
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -86,6 +90,8 @@ def train_command(
     opts: tuple[str, ...],
     worker_optimizer: str | None,
     seed: int,
+    codec: str | None,
+    pull_codec: str,
     output: Path | None,
     output_format: str,
 ) -> None:
@@ -105,6 +111,8 @@ def train_command(
             worker_optimizer=worker_optimizer,
             seed=seed,
             output=output or Path(f"dk-model-{plugin}.keras"),
+            codec=codec,
+            pull_codec=pull_codec,
         )
     except (DkError, ValueError, OSError, RuntimeError) as e:
         raise UserError(str(e)) from e
@@ -115,8 +123,8 @@ def train_command(
             f"{report['plugin']}: test accuracy {report['test_accuracy']:.4f} "
             f"(loss {report['test_loss']:.4f}) "
             f"after {report['epochs']} epochs on {report['workers']} workers, {report['samples']} samples "
-            f"in {report['seconds']:.1f} s; {report['commits']} commits, "
-            f"{report['bytes_sent'] / 1e6:.1f} MB sent, {report['bytes_received'] / 1e6:.1f} MB received; "
+            f"in {report['seconds']:.1f} s; {report['commits']} commits ({report['codec']}), "
+            f"{report['bytes_received'] / 1e6:.2f} MB committed, {report['bytes_sent'] / 1e6:.2f} MB pulled; "
             f"model saved to {report['model_path']}"
         )
 

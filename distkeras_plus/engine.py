@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from distkeras_plus import registry
-from distkeras_plus._core import Centre, Client, ParameterServer
+from distkeras_plus._core import Centre, Client, Codec, ParameterServer
 from distkeras_plus.data import Columns, DataError, prepare, read, to_numpy
 from distkeras_plus.ps import new_secret
 from distkeras_plus.weights import FlatWeights
@@ -56,6 +56,8 @@ class WorkerConfig:
     ps_address: str | None
     secret: bytes
     threads: int
+    codec: str = "none"
+    pull_codec: str = "none"
 
 
 @dataclass
@@ -70,6 +72,8 @@ class TrainResult:
     num_workers: int = 0
     optimizer: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    codec: str = "none"
+    pull_codec: str = "none"
 
 
 def model_bytes(model: Any) -> bytes:
@@ -120,7 +124,15 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
     client = None
     if cfg.ps_address is not None:
         layout_weights = FlatWeights.from_arrays(model.get_weights())
-        client = Client(cfg.ps_address, cfg.secret, layout_weights.layout, worker_id, attempt)
+        client = Client(
+            cfg.ps_address,
+            cfg.secret,
+            layout_weights.layout,
+            worker_id,
+            attempt,
+            codec=cfg.codec,
+            pull_codec=cfg.pull_codec,
+        )
     ctx = WorkerContext(
         worker_id=worker_id,
         num_workers=cfg.num_workers,
@@ -210,10 +222,14 @@ def train(
     worker_optimizer: Any = None,
     seed: int = 0,
     ps_host: str | None = None,
+    codec: str | None = None,
+    pull_codec: str = "none",
 ) -> TrainResult:
     """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`."""
     spec = registry.get(optimizer).spec
     opts = spec.parse_options(options or {})
+    codec = Codec(codec or spec.codec).name  # an unknown codec is a clear error here, not on a worker
+    pull_codec = Codec(pull_codec).name
     if num_workers < 1 or epochs < 1 or batch_size < 1:
         raise ValueError("num_workers, epochs and batch_size must be at least 1")
     if spec.single_partition:
@@ -237,6 +253,12 @@ def train(
     if loss is None:
         loss = "categorical_crossentropy" if columns.one_hot else "sparse_categorical_crossentropy"
     choice = spec.rule_for(opts, num_workers)
+    if choice is not None and choice.name == "elastic" and codec.split(":")[0] in ("int8", "topk"):
+        raise ValueError(
+            f"{optimizer} commits weights, which {codec} cannot compress; use none, fp16 or bf16"
+        )
+    if pull_codec not in ("none", "fp16", "bf16"):
+        raise ValueError(f"pulls can use none, fp16 or bf16, not {pull_codec}")
     secret = new_secret()
     flat = FlatWeights.from_arrays(model.get_weights())
     cores = os.cpu_count() or 1
@@ -263,6 +285,8 @@ def train(
             columns=columns,
             ps_address=f"{host}:{server.port}" if server is not None else None,
             secret=secret,
+            codec=codec,
+            pull_codec=pull_codec,
             threads=max(1, cores // num_workers) if spark.sparkContext.master.startswith("local") else 1,
         )
         data = prepared.repartition(num_workers)
@@ -298,6 +322,8 @@ def train(
         num_workers=num_workers,
         optimizer=optimizer,
         options=opts,
+        codec=codec,
+        pull_codec=pull_codec,
     )
 
 

@@ -79,7 +79,8 @@ class OptimizerSpec:
     - `combine(model, results)` builds the final model from what workers returned, for
       optimizers whose result is not the centre variable;
     - `worker_optimizer` is the default Keras optimizer (a name, a config, or a function of the
-      options returning one); a user's choice overrides it.
+      options returning one); a user's choice overrides it;
+    - `codec` is the default wire codec of commits (`none`, `fp16`, `int8`, `topk:0.01`, ...).
     """
 
     name: str
@@ -92,6 +93,7 @@ class OptimizerSpec:
     worker_optimizer: str | Mapping[str, Any] | Callable[[Mapping[str, Any]], Any] = "adam"
     description: str = ""
     combine: Callable[[Any, list[bytes]], Any] | None = None
+    codec: str = "none"
 
     def __post_init__(self) -> None:
         names = [o.name for o in self.options]

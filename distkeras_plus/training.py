@@ -22,6 +22,8 @@ def run_training(
     worker_optimizer: str | None,
     seed: int,
     output: Path,
+    codec: str | None = None,
+    pull_codec: str = "none",
 ) -> dict[str, Any]:
     """Trains and returns the report that `dk train` prints."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -41,6 +43,8 @@ def run_training(
         batch_size=batch_size,
         worker_optimizer=worker_optimizer,
         seed=seed,
+        codec=codec,
+        pull_codec=pull_codec,
     )
     trained = result.model
     trained.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -56,7 +60,10 @@ def run_training(
         "seconds": round(result.seconds, 3),
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
+        "codec": result.codec,
+        "pull_codec": result.pull_codec,
         "commits": stats.get("commits", 0),
+        # From the parameter server's side: sent = pulls to workers, received = their commits.
         "bytes_sent": stats.get("bytes_out", 0),
         "bytes_received": stats.get("bytes_in", 0),
         "model_path": str(output.resolve()),

@@ -178,3 +178,16 @@ def test_training_from_parquet_and_csv_paths(spark: Any, digits_data: Any, tmp_p
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="neither Parquet nor CSV"):
         distkeras_plus.train(tmp_path / "notes.txt", default_model(64, 10))
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int8:stochastic", "topk:0.01"])
+def test_training_with_each_codec(codec: str, spark: Any, digits_data: Any) -> None:
+    df = digits_data.to_spark(spark)
+    result = distkeras_plus.train(df, default_model(64, 10), "adag", epochs=8, codec=codec, pull_codec="fp16")
+    assert result.codec == codec
+    acc = accuracy(result.model, digits_data)
+    print(f"{codec}: {acc:.3f}, {result.ps_stats['bytes_in']} bytes committed")
+    assert acc >= 0.88
+    commits = result.ps_stats["commits"]
+    n = result.model.count_params()
+    assert result.ps_stats["bytes_in"] < commits * (4 * n) * (0.55 if codec[:4] in ("fp16", "bf16") else 0.3)
