@@ -73,3 +73,4 @@ def bench(session: nox.Session) -> None:
     session.install(".", "./plugins")
     session.run("dk", "bench", "ps", *session.posargs)
     session.run("dk", "bench", "train", *session.posargs)
+    session.run("dk", "bench", "codecs", *session.posargs)

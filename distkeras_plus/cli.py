@@ -366,6 +366,31 @@ def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, 
         click.echo(module.render(results))
 
 
+@bench.command("codecs")
+@click.option(
+    "--sizes", default="1000000,10000000", show_default=True, help="Comma-separated parameter counts."
+)
+@click.option("--quick", is_flag=True, help="Fewer repetitions, digits only: a smoke run.")
+@click.option(
+    "--suite",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The benchmarks/ folder of a source checkout (default: found from here).",
+)
+@OUTPUT_FORMAT
+def bench_codecs(sizes: str, quick: bool, suite: Path | None, output_format: str) -> None:
+    """Codecs: ratio and speed, and training with each codec vs none."""
+    try:
+        size_list = [int(float(s)) for s in sizes.split(",") if s.strip()]
+    except ValueError as e:
+        raise UserError(f"--sizes takes comma-separated numbers: {e}") from e
+    module = _benchmarks(suite, "codecs")
+    results: dict[str, Any] = module.run(size_list, quick=quick)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(module.render(results))
+
+
 def _benchmarks(suite: Path | None, name: str) -> Any:
     """Imports `benchmarks.<name>` from a source checkout: benchmarks ship with the source, not the wheel."""
     candidates = (
