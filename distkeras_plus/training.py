@@ -66,5 +66,6 @@ def run_training(
         # From the parameter server's side: sent = pulls to workers, received = their commits.
         "bytes_sent": stats.get("bytes_out", 0),
         "bytes_received": stats.get("bytes_in", 0),
+        "commit_bytes": stats.get("commit_bytes", 0),
         "model_path": str(output.resolve()),
     }

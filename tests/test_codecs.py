@@ -42,6 +42,7 @@ def test_commit_bytes_and_precision(
         before = c.bytes_out
         c.commit(d)
         sent = c.bytes_out - before
+    assert zero_server.stats()["commit_bytes"] == sent  # counted apart from other inbound traffic
     assert sent <= max_fraction * 4 * N + 16 + 24
     centre = zero_server.centre.to_numpy()
     if tolerance is not None:

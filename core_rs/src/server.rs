@@ -397,6 +397,10 @@ impl<'a> Session<'a> {
                         return Err(Error::protocol("commit frame is shorter than its header"));
                     }
                     self.commit(header.len as usize - p::COMMIT_HEAD_LEN)?;
+                    let frame = p::HEADER_LEN as u64 + header.len;
+                    self.shared
+                        .counters
+                        .add(&self.shared.counters.commit_bytes, frame);
                 }
                 Op::Stats => {
                     expect(0)?;

@@ -315,6 +315,7 @@ impl PyServer {
         d.set_item("pulls", s.pulls)?;
         d.set_item("bytes_in", s.bytes_in)?;
         d.set_item("bytes_out", s.bytes_out)?;
+        d.set_item("commit_bytes", s.commit_bytes)?;
         d.set_item("connections", s.connections)?;
         d.set_item("auth_failures", s.auth_failures)?;
         d.set_item("protocol_errors", s.protocol_errors)?;
