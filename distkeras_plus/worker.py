@@ -128,6 +128,17 @@ class WorkerContext:
         self.record(staleness=staleness)
         return clock, staleness
 
+    def flush(self) -> None:
+        """Sends what a lossy codec's error feedback still holds back (end of an asynchronous loop)."""
+        if self.client is None:
+            return
+        t = time.perf_counter()
+        applied = self.client.flush()
+        self.comm_seconds += time.perf_counter() - t
+        if applied is not None:
+            self.clock = applied[0]
+            self.record(staleness=applied[1], flush=True)
+
     def record(self, **extra: Any) -> None:
         """Adds a history row for the steps since the last one."""
         losses = self._window_losses
@@ -175,6 +186,7 @@ def delta_loop(ctx: WorkerContext, window: int, normalize: bool) -> None:
                 steps = 0
     if steps:
         exchange()
+    ctx.flush()
 
 
 def elastic_loop(ctx: WorkerContext, window: int) -> None:
@@ -240,5 +252,6 @@ def local_loop(ctx: WorkerContext) -> None:
         ctx.record()
     if ctx.client is not None:
         ctx.commit(ctx.model_weights() - start)
+        ctx.flush()
     else:
         ctx.result = ctx.model_weights().tobytes()

@@ -47,6 +47,9 @@ class Recorder:
             )
         return clock, staleness
 
+    def flush(self) -> tuple[int, int] | None:
+        return self.client.flush()
+
     def close(self) -> None:
         self.client.close()
 

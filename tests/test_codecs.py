@@ -63,8 +63,12 @@ def test_error_feedback_sends_everything_eventually(zero_server: ParameterServer
     with Client(address(zero_server), secret, Layout.flat(N), 0, codec="topk:0.01") as c:
         for _ in range(commits):
             c.commit(d)
-    behind = commits * d - zero_server.centre.to_numpy()
-    assert np.all(behind >= 0) and np.all(behind <= np.ceil(N / kept) + 1)
+        behind = commits * d - zero_server.centre.to_numpy()
+        assert np.all(behind >= 0) and np.all(behind <= np.ceil(N / kept) + 1)
+        # At the end the worker flushes what it still owes, densely: nothing is lost.
+        assert c.flush() == (commits + 1, commits)  # (clock, staleness: it never pulled)
+        assert c.flush() is None
+    np.testing.assert_allclose(zero_server.centre.to_numpy(), commits * d, rtol=1e-6)
 
 
 def test_compressed_pulls(zero_server: ParameterServer, secret: bytes) -> None:
@@ -142,6 +146,16 @@ def test_malformed_compressed_commits_change_nothing(
         )
     )
     assert read_frame(w.sock)[0] == OPS["committed"]
+
+
+def test_unknown_commit_flags_close_the_connection(zero_server: ParameterServer, secret: bytes) -> None:
+    w = RawWorker(zero_server.port)
+    assert w.hello(secret, [[N]], codecs=codecs(1))[0] == OPS["welcome"]
+    body = struct.pack("<IIQQ", 0, 2, 1, 0) + bytes(2 * N)
+    w.send(struct.pack("<4sBBHQ", b"DKPS", 1, OPS["commit"], 0, len(body)) + body)
+    assert "flags" in error_of(*read_frame(w.sock))[1]
+    assert w.closed_by_server()
+    assert np.all(zero_server.centre.to_numpy() == 0.0)
 
 
 def test_codec_objects() -> None:

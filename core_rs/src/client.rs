@@ -323,7 +323,7 @@ impl Client {
             (false, _) => None,
         };
         self.seq += 1;
-        let head = p::encode_commit_head(self.worker_id, self.seq, self.last_pull_clock);
+        let head = p::encode_commit_head(self.worker_id, 0, self.seq, self.last_pull_clock);
         if self.commit_codec == Codec::None {
             self.send(Op::Commit, &head, delta).map_err(lost)?;
         } else {
@@ -351,6 +351,32 @@ impl Client {
             self.last_pull_clock = clock; // a sync reply is the new centre
         }
         Ok(Applied { clock, staleness })
+    }
+
+    /// Sends what error feedback still holds back, as one dense commit, so that nothing a worker
+    /// meant to send is lost at the end. Returns `None` when there was nothing to send.
+    pub fn flush(&mut self) -> Result<Option<Applied>> {
+        let Some(feedback) = &mut self.feedback else {
+            return Ok(None);
+        };
+        if feedback.residual().iter().all(|r| *r == 0.0) {
+            return Ok(None);
+        }
+        let residual = feedback.take_residual();
+        self.seq += 1;
+        let head = p::encode_commit_head(self.worker_id, p::DENSE, self.seq, self.last_pull_clock);
+        self.send(Op::Commit, &head, &residual).map_err(lost)?;
+        let mut reply_head = [0u8; 16];
+        let replied = self
+            .read_reply(Op::Committed, &mut reply_head, None)
+            .map_err(lost);
+        if let (Err(Error::Rejected(_)), Some(feedback)) = (&replied, &mut self.feedback) {
+            feedback.restore(residual); // refused: still owed
+        }
+        replied?;
+        let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
+        let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
+        Ok(Some(Applied { clock, staleness }))
     }
 
     /// The server's counters, named as in `protocol::STATS_FIELDS`.

@@ -391,6 +391,17 @@ impl Feedback {
         &self.residual
     }
 
+    /// The residual, leaving zeros in its place (it is about to be sent).
+    pub fn take_residual(&mut self) -> Vec<f32> {
+        let zeros = vec![0.0; self.residual.len()];
+        std::mem::replace(&mut self.residual, zeros)
+    }
+
+    /// Puts back a residual whose flush the server refused.
+    pub fn restore(&mut self, residual: Vec<f32>) {
+        self.residual = residual;
+    }
+
     /// After a commit the server refused: nothing of it was applied, so all of it stays unsent.
     pub fn unsent(&mut self) {
         self.residual.copy_from_slice(&self.target);

@@ -406,9 +406,19 @@ pub fn nonce() -> Result<[u8; NONCE_LEN]> {
 /// Fixed prefix of a commit payload, before the float32 vector.
 pub const COMMIT_HEAD_LEN: usize = 24;
 
-pub fn encode_commit_head(worker_id: u32, seq: u64, last_pull_clock: u64) -> [u8; COMMIT_HEAD_LEN] {
+/// Commit flag: this frame's vector is plain float32, whatever the connection's codec (a worker
+/// flushing its error-feedback residual at the end).
+pub const DENSE: u32 = 1;
+
+pub fn encode_commit_head(
+    worker_id: u32,
+    flags: u32,
+    seq: u64,
+    last_pull_clock: u64,
+) -> [u8; COMMIT_HEAD_LEN] {
     let mut h = [0u8; COMMIT_HEAD_LEN];
     h[..4].copy_from_slice(&worker_id.to_le_bytes());
+    h[4..8].copy_from_slice(&flags.to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
     h[16..].copy_from_slice(&last_pull_clock.to_le_bytes());
     h
@@ -417,6 +427,7 @@ pub fn encode_commit_head(worker_id: u32, seq: u64, last_pull_clock: u64) -> [u8
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitHead {
     pub worker_id: u32,
+    pub flags: u32,
     pub seq: u64,
     pub last_pull_clock: u64,
 }
@@ -424,11 +435,13 @@ pub struct CommitHead {
 pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
     let mut f = Fields(h);
     let worker_id = f.u32()?;
-    if f.u32()? != 0 {
-        return Err(Error::protocol("reserved commit bytes must be zero"));
+    let flags = f.u32()?;
+    if flags & !DENSE != 0 {
+        return Err(Error::protocol(format!("unknown commit flags {flags:#x}")));
     }
     Ok(CommitHead {
         worker_id,
+        flags,
         seq: f.u64()?,
         last_pull_clock: f.u64()?,
     })
@@ -468,9 +481,10 @@ mod tests {
         }
 
         #[test]
-        fn commit_head_round_trips(worker in any::<u32>(), seq in any::<u64>(), clock in any::<u64>()) {
-            let head = decode_commit_head(&encode_commit_head(worker, seq, clock)).unwrap();
-            prop_assert_eq!(head, CommitHead { worker_id: worker, seq, last_pull_clock: clock });
+        fn commit_head_round_trips(worker in any::<u32>(), dense in any::<bool>(), seq in any::<u64>(), clock in any::<u64>()) {
+            let flags = if dense { DENSE } else { 0 };
+            let head = decode_commit_head(&encode_commit_head(worker, flags, seq, clock)).unwrap();
+            prop_assert_eq!(head, CommitHead { worker_id: worker, flags, seq, last_pull_clock: clock });
         }
     }
 

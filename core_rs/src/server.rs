@@ -368,7 +368,9 @@ impl<'a> Session<'a> {
 
     fn serve(&mut self) -> Result<()> {
         let n = self.shared.centre.len();
-        let max_frame = (p::COMMIT_HEAD_LEN + self.commit_codec.max_encoded_len(n)) as u64;
+        // Any codec's commit, or a dense one (a residual flush).
+        let max_frame =
+            (p::COMMIT_HEAD_LEN + self.commit_codec.max_encoded_len(n).max(4 * n)) as u64;
         loop {
             let header = p::read_header(&mut self.stream, max_frame)?;
             self.shared.counters.add(
@@ -392,15 +394,15 @@ impl<'a> Session<'a> {
                 }
                 Op::Commit => {
                     if self.commit_codec == Codec::None {
-                        expect(max_frame)?;
+                        expect((p::COMMIT_HEAD_LEN + 4 * n) as u64)?;
                     } else if header.len < p::COMMIT_HEAD_LEN as u64 {
                         return Err(Error::protocol("commit frame is shorter than its header"));
                     }
-                    self.commit(header.len as usize - p::COMMIT_HEAD_LEN)?;
+                    // Counted before the reply goes out, so a worker reading stats sees it.
                     let frame = p::HEADER_LEN as u64 + header.len;
-                    self.shared
-                        .counters
-                        .add(&self.shared.counters.commit_bytes, frame);
+                    let counters = &self.shared.counters;
+                    counters.add(&counters.commit_bytes, frame);
+                    self.commit(header.len as usize - p::COMMIT_HEAD_LEN)?;
                 }
                 Op::Stats => {
                     expect(0)?;
@@ -450,7 +452,9 @@ impl<'a> Session<'a> {
         self.received.resize(shared.centre.len(), 0.0);
         // The whole frame is read before anything is checked or applied.
         self.stream.read_exact(&mut head)?;
-        let valid = if self.commit_codec == Codec::None {
+        let head = p::decode_commit_head(&head)?;
+        let dense = self.commit_codec == Codec::None || head.flags & p::DENSE != 0;
+        let valid = if dense && body_len == 4 * self.received.len() {
             if p::read_finite(&mut self.stream, &mut self.received)? {
                 Ok(())
             } else {
@@ -461,9 +465,13 @@ impl<'a> Session<'a> {
         } else {
             self.encoded.resize(body_len, 0);
             self.stream.read_exact(&mut self.encoded)?;
-            self.commit_codec.decode(&self.encoded, &mut self.received)
+            let codec = if dense {
+                Codec::None
+            } else {
+                self.commit_codec
+            };
+            codec.decode(&self.encoded, &mut self.received)
         };
-        let head = p::decode_commit_head(&head)?;
 
         let outcome = valid
             .and_then(|()| self.check_seq(worker, attempt, &head))

@@ -468,6 +468,12 @@ impl PyClient {
         Ok((applied.clock, applied.staleness))
     }
 
+    /// Sends what error feedback still holds back as one dense commit; `None` if nothing was owed.
+    fn flush(&mut self, py: Python<'_>) -> PyResult<Option<(u64, u64)>> {
+        let client = self.open()?;
+        Ok(released(py, || client.flush())?.map(|a| (a.clock, a.staleness)))
+    }
+
     /// The server's counters as seen over the wire.
     fn stats(&mut self, py: Python<'_>) -> PyResult<HashMap<&'static str, u64>> {
         let client = self.open()?;
