@@ -129,7 +129,10 @@ class WorkerContext:
         return clock, staleness
 
     def flush(self) -> None:
-        """Sends what a lossy codec's error feedback still holds back (end of an asynchronous loop)."""
+        """Sends what a lossy codec's error feedback still holds back, densely. Not called by the
+        built-in loops: measured on digits with `topk:0.01`, dumping the stale residual into the
+        centre at the end cost accuracy, and for fp16/bf16/int8 it costs a float32 commit for
+        rounding noise."""
         if self.client is None:
             return
         t = time.perf_counter()
@@ -186,7 +189,6 @@ def delta_loop(ctx: WorkerContext, window: int, normalize: bool) -> None:
                 steps = 0
     if steps:
         exchange()
-    ctx.flush()
 
 
 def elastic_loop(ctx: WorkerContext, window: int) -> None:
@@ -252,6 +254,5 @@ def local_loop(ctx: WorkerContext) -> None:
         ctx.record()
     if ctx.client is not None:
         ctx.commit(ctx.model_weights() - start)
-        ctx.flush()
     else:
         ctx.result = ctx.model_weights().tobytes()
