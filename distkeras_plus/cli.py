@@ -43,6 +43,13 @@ OUTPUT_FORMAT = click.option(
 )
 
 
+SUITE = click.option(
+    "--suite",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The benchmarks/ folder of a source checkout (default: found from here).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DK"})
 @click.version_option(__version__, prog_name="dk")
 def main() -> None:
@@ -326,11 +333,7 @@ def bench() -> None:
     "--clients", default="1,8", show_default=True, help="Comma-separated numbers of concurrent clients."
 )
 @click.option("--quick", is_flag=True, help="Fewer repetitions: a smoke run, not figures to record.")
-@click.option(
-    "--suite",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The benchmarks/ folder of a source checkout (default: found from here).",
-)
+@SUITE
 @OUTPUT_FORMAT
 def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_format: str) -> None:
     """Parameter server: apply, round trips and the original-style baseline."""
@@ -350,11 +353,7 @@ def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_f
 @bench.command("train")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--dataset", "datasets", multiple=True, help="Only these data sets (digits, fashion-mnist).")
-@click.option(
-    "--suite",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The benchmarks/ folder of a source checkout (default: found from here).",
-)
+@SUITE
 @OUTPUT_FORMAT
 def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, output_format: str) -> None:
     """Training: plain Keras vs each optimizer with 2 workers on local Spark."""
@@ -371,11 +370,7 @@ def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, 
     "--sizes", default="1000000,10000000", show_default=True, help="Comma-separated parameter counts."
 )
 @click.option("--quick", is_flag=True, help="Fewer repetitions, digits only: a smoke run.")
-@click.option(
-    "--suite",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The benchmarks/ folder of a source checkout (default: found from here).",
-)
+@SUITE
 @OUTPUT_FORMAT
 def bench_codecs(sizes: str, quick: bool, suite: Path | None, output_format: str) -> None:
     """Codecs: ratio and speed, and training with each codec vs none."""

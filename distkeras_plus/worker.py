@@ -165,14 +165,28 @@ class WorkerContext:
 # ---- loops the built-in optimizers are made of ----
 
 
+def train_in_windows(ctx: WorkerContext, window: int, exchange: Callable[[int], None]) -> None:
+    """Trains every batch of every epoch, calling `exchange(steps)` after each `window` local
+    steps and once more for a last, partial window."""
+    steps = 0
+    for epoch in range(ctx.epochs):
+        for x, y in ctx.batches(epoch):
+            ctx.train(x, y)
+            steps += 1
+            if steps == window:
+                exchange(steps)
+                steps = 0
+    if steps:
+        exchange(steps)
+
+
 def delta_loop(ctx: WorkerContext, window: int, normalize: bool) -> None:
     """Every `window` local steps: commit `D = W - W0` (divided by the steps taken when
     `normalize`), pull, and continue from the centre. The last partial window is committed too."""
     ctx.pull()
     w0 = ctx.centre.flat.copy()
-    steps = 0
 
-    def exchange() -> None:
+    def exchange(steps: int) -> None:
         delta = ctx.model_weights() - w0
         if normalize:
             delta /= steps
@@ -180,15 +194,7 @@ def delta_loop(ctx: WorkerContext, window: int, normalize: bool) -> None:
         ctx.pull()
         np.copyto(w0, ctx.centre.flat)
 
-    for epoch in range(ctx.epochs):
-        for x, y in ctx.batches(epoch):
-            ctx.train(x, y)
-            steps += 1
-            if steps == window:
-                exchange()
-                steps = 0
-    if steps:
-        exchange()
+    train_in_windows(ctx, window, exchange)
 
 
 def elastic_loop(ctx: WorkerContext, window: int) -> None:
@@ -197,22 +203,13 @@ def elastic_loop(ctx: WorkerContext, window: int) -> None:
     does `W -= E` and is not reset to the centre."""
     ctx.pull()
     elastic = np.empty_like(ctx.centre.flat)
-    steps = 0
 
-    def exchange() -> None:
+    def exchange(steps: int) -> None:
         weights = ctx.model_weights()
         ctx.commit(weights, out=elastic)
         ctx.set_model(weights - elastic)
 
-    for epoch in range(ctx.epochs):
-        for x, y in ctx.batches(epoch):
-            ctx.train(x, y)
-            steps += 1
-            if steps == window:
-                exchange()
-                steps = 0
-    if steps:
-        exchange()
+    train_in_windows(ctx, window, exchange)
 
 
 def sync_loop(ctx: WorkerContext, window: int, alpha: float | None) -> None:
