@@ -58,7 +58,13 @@ class Layout:
 class Centre:
     """The centre variable and its update rule, shared by the server and the driver."""
 
-    def __new__(cls, initial: _F32, rule: str = "add", params: Mapping[str, float] | None = None) -> Self: ...
+    def __new__(
+        cls,
+        initial: _F32,
+        rule: str = "add",
+        params: Mapping[str, float] | None = None,
+        round_timeout: float | None = None,
+    ) -> Self: ...
     @property
     def num_params(self) -> int: ...
     @property
@@ -93,6 +99,7 @@ class ParameterServer:
         handshake_timeout: float = 10.0,
         max_connections: int = 1024,
         codecs: Sequence[str] | None = None,
+        idle_timeout: float | None = None,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

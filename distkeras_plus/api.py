@@ -25,6 +25,7 @@ def train(
     ps_host: str | None = None,
     codec: str | None = None,
     pull_codec: str = "none",
+    timeout: float = 600.0,
     **options: Any,
 ) -> TrainResult:
     """Trains a Keras model data-parallel on a Spark DataFrame.
@@ -35,8 +36,9 @@ def train(
     (e.g. `window=12`). `loss` defaults to sparse or plain categorical cross-entropy, depending on
     the label; `worker_optimizer` is any Keras optimizer name or config. `codec` compresses commits
     (`none`, `fp16`, `bf16`, `int8`, `int8:stochastic`, `topk:RATIO`; default: the optimizer's),
-    `pull_codec` pulls (`none`, `fp16`, `bf16`). Returns the trained model with each worker's
-    history and the parameter server's statistics.
+    `pull_codec` pulls (`none`, `fp16`, `bf16`). `timeout` (seconds) drops a worker that stays
+    silent that long and abandons a synchronous round that waits that long for a worker. Returns
+    the trained model with each worker's history and the parameter server's statistics.
     """
     return _train(
         df,
@@ -55,6 +57,7 @@ def train(
         ps_host=ps_host,
         codec=codec,
         pull_codec=pull_codec,
+        timeout=timeout,
     )
 
 

@@ -58,6 +58,7 @@ class WorkerConfig:
     threads: int
     codec: str = "none"
     pull_codec: str = "none"
+    timeout: float = 600.0
 
 
 @dataclass
@@ -132,6 +133,7 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
             attempt,
             codec=cfg.codec,
             pull_codec=cfg.pull_codec,
+            timeout=cfg.timeout + 60,  # the server gives up first, and says why
         )
     ctx = WorkerContext(
         worker_id=worker_id,
@@ -224,6 +226,7 @@ def train(
     ps_host: str | None = None,
     codec: str | None = None,
     pull_codec: str = "none",
+    timeout: float = 600.0,
 ) -> TrainResult:
     """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`."""
     spec = registry.get(optimizer).spec
@@ -269,8 +272,8 @@ def train(
         if choice is not None:
             host = _ps_host(spark, ps_host or os.environ.get("DK_PS_HOST"))
             bind = "127.0.0.1" if host.startswith("127.") else "0.0.0.0"  # noqa: S104 - authenticated
-            centre = Centre(flat.flat, choice.name, dict(choice.params))
-            server = ParameterServer(centre, flat.layout, secret, host=bind)
+            centre = Centre(flat.flat, choice.name, dict(choice.params), round_timeout=timeout)
+            server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=timeout)
         cfg = WorkerConfig(
             optimizer=optimizer,
             options=opts,
@@ -287,6 +290,7 @@ def train(
             secret=secret,
             codec=codec,
             pull_codec=pull_codec,
+            timeout=timeout,
             threads=max(1, cores // num_workers) if spark.sparkContext.master.startswith("local") else 1,
         )
         data = prepared.repartition(num_workers)

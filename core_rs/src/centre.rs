@@ -8,7 +8,7 @@
 //! is held, which makes a commit's staleness exact and atomic with its application.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -53,6 +53,8 @@ pub struct Centre {
     shards: Vec<RwLock<Vec<f32>>>,
     clock: AtomicU64,
     rounds: Option<SyncRounds>,
+    /// How long a synchronous round may wait for its last worker before it is abandoned.
+    round_timeout: Option<Duration>,
     closed: AtomicBool,
 }
 
@@ -67,6 +69,8 @@ struct SyncRounds {
 #[derive(Default)]
 struct RoundState {
     round: u64,
+    /// Advances when a round is abandoned, so its waiters know theirs will never complete.
+    generation: u64,
     joined: Vec<u32>,
     added: u32,
 }
@@ -102,8 +106,16 @@ impl Centre {
             shards: split(initial).into_iter().map(RwLock::new).collect(),
             clock: AtomicU64::new(0),
             rounds,
+            round_timeout: None,
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// Abandon a synchronous round that has waited `limit` for its last worker: its waiters get
+    /// an error, its partial sum is dropped, and the next commits start the round afresh.
+    pub fn with_round_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.round_timeout = limit;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -237,7 +249,8 @@ impl Centre {
 
     fn commit_sync(&self, delta: &[f32], reply: &mut [f32], worker: u32) -> Result<Applied> {
         let rounds = self.rounds.as_ref().expect("sync rule has rounds");
-        let my_round = {
+        let started = Instant::now();
+        let (my_round, my_generation) = {
             let mut st = rounds.state.lock();
             self.check_open()?;
             if st.joined.contains(&worker) {
@@ -253,7 +266,7 @@ impl Centre {
                 )));
             }
             st.joined.push(worker);
-            st.round
+            (st.round, st.generation)
         };
         for (sum, d) in rounds.sum.iter().zip(delta.chunks(SHARD_LEN)) {
             rules::add_scaled(&mut sum.lock(), d, 1.0);
@@ -273,9 +286,29 @@ impl Centre {
             st.added = 0;
             rounds.done.notify_all();
         } else {
-            while st.round == my_round {
+            loop {
+                if st.generation != my_generation {
+                    return Err(self.abandoned(my_round));
+                }
+                if st.round != my_round {
+                    break;
+                }
                 self.check_open()?;
-                rounds.done.wait_for(&mut st, Duration::from_millis(200));
+                let overdue = self
+                    .round_timeout
+                    .is_some_and(|limit| started.elapsed() >= limit);
+                // Only once no contribution is half-added can the round's sum be cleared.
+                if overdue && st.added as usize == st.joined.len() {
+                    for sum in &rounds.sum {
+                        sum.lock().fill(0.0);
+                    }
+                    st.joined.clear();
+                    st.added = 0;
+                    st.generation += 1;
+                    rounds.done.notify_all();
+                    return Err(self.abandoned(my_round));
+                }
+                rounds.done.wait_for(&mut st, Duration::from_millis(100));
             }
         }
         drop(st);
@@ -285,6 +318,15 @@ impl Centre {
             clock,
             staleness: 0,
         })
+    }
+
+    fn abandoned(&self, round: u64) -> Error {
+        let limit = self.round_timeout.unwrap_or_default();
+        Error::rejected(format!(
+            "synchronous round {round} was abandoned: not every worker committed within {:.1} s; \
+             the centre is unchanged and the round can be retried",
+            limit.as_secs_f64()
+        ))
     }
 
     fn check_open(&self) -> Result<()> {
@@ -469,6 +511,48 @@ mod tests {
                 assert_eq!(reply, [6.0 * round as f32; 5]);
             }
         }
+    }
+
+    #[test]
+    fn an_incomplete_round_is_abandoned_after_its_timeout() {
+        let rule = Rule::Sync {
+            workers: 3,
+            scale: 1.0,
+        };
+        let centre = Arc::new(
+            Centre::new(rule, &[0.0; 4])
+                .unwrap()
+                .with_round_timeout(Some(Duration::from_millis(150))),
+        );
+        let waiters: Vec<_> = (0..2u32)
+            .map(|w| {
+                let centre = Arc::clone(&centre);
+                thread::spawn(move || {
+                    centre.commit(Finite::trusted(&[1.0; 4]), 0, None, Some(&mut [0.0; 4]), w)
+                })
+            })
+            .collect();
+        for w in waiters {
+            let err = w.join().unwrap().unwrap_err().to_string();
+            assert!(err.contains("abandoned"), "{err}");
+        }
+        // Nothing was applied, and a fresh round with all three workers completes normally.
+        let mut out = [9.0; 4];
+        assert_eq!(centre.pull(&mut out).unwrap(), 0);
+        assert_eq!(out, [0.0; 4]);
+        let round: Vec<_> = (0..3u32)
+            .map(|w| {
+                let centre = Arc::clone(&centre);
+                thread::spawn(move || {
+                    centre.commit(Finite::trusted(&[2.0; 4]), 0, None, Some(&mut [0.0; 4]), w)
+                })
+            })
+            .collect();
+        for r in round {
+            assert_eq!(r.join().unwrap().unwrap().clock, 1);
+        }
+        centre.pull(&mut out).unwrap();
+        assert_eq!(out, [6.0; 4]);
     }
 
     #[test]

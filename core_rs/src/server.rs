@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub secret: Vec<u8>,
     /// How long an unauthenticated connection may take to say hello.
     pub handshake_timeout: Duration,
+    /// How long an authenticated worker may stay silent (between or inside frames) before it is
+    /// dropped; `None`: as long as it likes.
+    pub idle_timeout: Option<Duration>,
     pub max_connections: usize,
     /// Codec families workers may use (`none`, `fp16`, `bf16`, `int8`, `topk`); `None`: all.
     pub accept_codecs: Option<Vec<String>>,
@@ -40,6 +43,7 @@ impl ServerConfig {
             port,
             secret,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
             max_connections: 1024,
             accept_codecs: None,
         }
@@ -51,6 +55,7 @@ struct Shared {
     layout: Layout,
     secret: Vec<u8>,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
     max_connections: usize,
     accept_codecs: Option<Vec<String>>,
     stopping: AtomicBool,
@@ -100,6 +105,7 @@ impl Server {
             layout,
             secret: config.secret,
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
             accept_codecs: config.accept_codecs,
             stopping: AtomicBool::new(false),
@@ -261,6 +267,20 @@ impl<'a> Session<'a> {
         });
         if let Err(err) = outcome {
             match &err {
+                Error::Io(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    counters.add(&counters.timeouts, 1);
+                    let silent = Error::Closed(
+                        "the worker was silent for longer than the idle timeout".into(),
+                    );
+                    self.send_error(&silent);
+                    let _ = self.stream.shutdown(Shutdown::Both);
+                    return;
+                }
                 Error::Io(_) => return, // the peer went away; nothing to tell it
                 Error::Authentication(_) => counters.add(&counters.auth_failures, 1),
                 Error::Protocol(_) | Error::LayoutMismatch(_) => {
@@ -330,9 +350,9 @@ impl<'a> Session<'a> {
             rule_code: shared.centre.rule().code(),
         };
         self.send(Op::Welcome, &welcome.encode(), &[])?;
-        // Authenticated: from here on a worker may legitimately think for a long time.
-        self.stream.set_read_timeout(None)?;
-        self.stream.set_write_timeout(None)?;
+        // Authenticated: from here on a worker may think for as long as the idle timeout allows.
+        self.stream.set_read_timeout(shared.idle_timeout)?;
+        self.stream.set_write_timeout(shared.idle_timeout)?;
         self.worker = Some((hello.worker_id, hello.attempt));
         Ok(())
     }

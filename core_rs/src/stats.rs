@@ -17,6 +17,8 @@ pub struct Counters {
     pub connections: AtomicU64,
     pub auth_failures: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Connections dropped because their peer stayed silent too long.
+    pub timeouts: AtomicU64,
     workers: Mutex<BTreeMap<u32, WorkerStats>>,
 }
 
@@ -52,6 +54,7 @@ pub struct Snapshot {
     pub connections: u64,
     pub auth_failures: u64,
     pub protocol_errors: u64,
+    pub timeouts: u64,
     pub workers: BTreeMap<u32, WorkerStats>,
 }
 
@@ -104,6 +107,7 @@ impl Counters {
             connections: get(&self.connections),
             auth_failures: get(&self.auth_failures),
             protocol_errors: get(&self.protocol_errors),
+            timeouts: get(&self.timeouts),
             workers: self.workers.lock().clone(),
         }
     }

@@ -32,10 +32,15 @@ fn slice_mut<'a>(a: &'a mut PyReadwriteArray1<'_, f32>, what: &str) -> PyResult<
     })
 }
 
+/// A positive number of seconds (a zero socket timeout would mean "no timeout" to the OS).
 fn seconds(what: &str, s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| {
-        PyValueError::new_err(format!("{what} must be a non-negative number of seconds"))
-    })
+    if s <= 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a positive number of seconds"
+        )));
+    }
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("{what} must be a positive number of seconds")))
 }
 
 /// The shapes of a model's weight tensors, laid end to end in one flat float32 vector.
@@ -146,15 +151,20 @@ pub struct PyCentre {
 #[pymethods]
 impl PyCentre {
     #[new]
-    #[pyo3(signature = (initial, rule = "add", params = None))]
+    #[pyo3(signature = (initial, rule = "add", params = None, round_timeout = None))]
     fn new(
         initial: PyReadonlyArray1<'_, f32>,
         rule: &str,
         params: Option<HashMap<String, f64>>,
+        round_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let rule = parse_rule(rule, params)?;
+        let round_timeout = round_timeout
+            .map(|t| seconds("round_timeout", t))
+            .transpose()?;
+        let centre = Centre::new(rule, slice(&initial, "initial")?).map_err(to_py)?;
         Ok(PyCentre {
-            inner: Arc::new(Centre::new(rule, slice(&initial, "initial")?).map_err(to_py)?),
+            inner: Arc::new(centre.with_round_timeout(round_timeout)),
         })
     }
 
@@ -241,7 +251,7 @@ pub struct PyServer {
 #[pymethods]
 impl PyServer {
     #[new]
-    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024, codecs = None))]
+    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024, codecs = None, idle_timeout = None))]
     fn new(
         py: Python<'_>,
         centre: &PyCentre,
@@ -252,10 +262,14 @@ impl PyServer {
         handshake_timeout: f64,
         max_connections: usize,
         codecs: Option<Vec<String>>,
+        idle_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let mut config = ServerConfig::new(host, port, secret.to_vec());
         config.handshake_timeout = seconds("handshake_timeout", handshake_timeout)?;
         config.max_connections = max_connections;
+        config.idle_timeout = idle_timeout
+            .map(|t| seconds("idle_timeout", t))
+            .transpose()?;
         if let Some(kinds) = &codecs {
             for kind in kinds {
                 if !["none", "fp16", "bf16", "int8", "topk"].contains(&kind.as_str()) {
@@ -319,6 +333,7 @@ impl PyServer {
         d.set_item("connections", s.connections)?;
         d.set_item("auth_failures", s.auth_failures)?;
         d.set_item("protocol_errors", s.protocol_errors)?;
+        d.set_item("timeouts", s.timeouts)?;
         d.set_item("workers_connected", s.workers_connected())?;
         let workers = PyDict::new(py);
         for (id, w) in &s.workers {
