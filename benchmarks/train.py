@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from benchmarks import machine
 
@@ -101,26 +98,13 @@ def distributed(spark: Any, data: Any, optimizer: str, batch_size: int, **option
 
 
 def fashion_mnist() -> Any | None:
-    """Fashion-MNIST from DK_DATA_DIR or Debian's dataset-fashion-mnist package, if present."""
-    import gzip
+    """Fashion-MNIST when it is present (`DK_DATA_DIR`, Debian's dataset-fashion-mnist)."""
+    from distkeras_plus import datasets
 
-    from distkeras_plus.datasets import Dataset
-
-    for folder in [os.environ.get("DK_DATA_DIR", ""), "/usr/share/datasets/fashion-mnist"]:
-        root = Path(folder) if folder else None
-        if root is None or not (root / "train-images-idx3-ubyte.gz").is_file():
-            continue
-
-        def read(name: str, offset: int) -> np.ndarray:
-            with gzip.open(root / name) as f:  # noqa: B023 - read at once
-                return np.frombuffer(f.read(), np.uint8, offset=offset)
-
-        x_train = (read("train-images-idx3-ubyte.gz", 16).reshape(-1, 784) / 255).astype(np.float32)
-        x_test = (read("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 784) / 255).astype(np.float32)
-        y_train = read("train-labels-idx1-ubyte.gz", 8).astype(np.int32)
-        y_test = read("t10k-labels-idx1-ubyte.gz", 8).astype(np.int32)
-        return Dataset("fashion-mnist", x_train, y_train, x_test, y_test, 10)
-    return None
+    try:
+        return datasets.fashion_mnist()
+    except FileNotFoundError:
+        return None
 
 
 def run(batch_size: int = 32, datasets: list[str] | None = None) -> dict[str, Any]:

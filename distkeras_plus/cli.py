@@ -61,7 +61,7 @@ def main() -> None:
     "--plugin", default="adag", show_default=True, help="Distributed optimizer (see `dk plugins list`)."
 )
 @click.option(
-    "--dataset", default="digits", show_default=True, type=click.Choice(["digits"]), help="Built-in data set."
+    "--dataset", default="digits", show_default=True, help="Built-in data set (see `dk datasets list`)."
 )
 @click.option(
     "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Number of workers."
@@ -223,6 +223,40 @@ def plugins_info(name: str, output_format: str) -> None:
     click.echo("  options:" if spec.options else "  options: none")
     for o in spec.options:
         click.echo(f"    {o.name} ({o.type.__name__}, default {o.default!r}): {o.help}")
+
+
+@main.group()
+def datasets() -> None:
+    """Built-in data sets."""
+
+
+@datasets.command("list")
+@OUTPUT_FORMAT
+def datasets_list(output_format: str) -> None:
+    """List the built-in data sets."""
+    from distkeras_plus.datasets import DATASETS
+
+    if output_format == "json":
+        click.echo(json.dumps([{"name": n, "summary": s} for n, (s, _) in DATASETS.items()]))
+        return
+    for name, (summary, _) in DATASETS.items():
+        click.echo(f"{name:<14} {summary}")
+
+
+@datasets.command("export")
+@click.argument("name")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+def datasets_export(name: str, path: Path, seed: int) -> None:
+    """Write a data set as PATH/train.parquet and PATH/test.parquet (features, label)."""
+    from distkeras_plus.datasets import load
+
+    try:
+        written = load(name, seed=seed).to_parquet(path)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from e
+    for p in written:
+        click.echo(str(p))
 
 
 @main.group()

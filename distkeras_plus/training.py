@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from distkeras_plus.datasets import default_model, digits
+from distkeras_plus.datasets import default_model, load
 from distkeras_plus.engine import local_session, train
 
 
@@ -27,9 +27,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Trains and returns the report that `dk train` prints."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if dataset != "digits":
-        raise ValueError(f"unknown data set {dataset!r}; built in: digits")
-    data = digits(seed=seed)
+    data = load(dataset, seed=seed)
     spark = local_session(workers, master)
     spark.sparkContext.setLogLevel("ERROR")
     model = default_model(data.x_train.shape[1], data.num_classes, seed)

@@ -70,3 +70,17 @@ def test_many_workers_many_sync_rounds(secret: bytes) -> None:
     for w in range(workers):
         np.testing.assert_allclose(finals[w], expected, rtol=1e-5)
     assert stats["clock"] == rounds and stats["commits"] == workers * rounds
+
+
+def test_dk_train_json_on_synthetic_data(tmp_path: Path) -> None:
+    dk = str(Path(sys.executable).parent / "dk")
+    run = subprocess.run(
+        [dk, "train", "--plugin", "dynsgd", "--dataset", "synthetic:3000", "--epochs", "3", "--codec", "int8",
+         "--output", str(tmp_path / "m.keras"), "--output-format", "json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    assert report["samples"] == 3 * 2400 and report["codec"] == "int8" and report["workers"] == 2
+    assert 0 < report["commit_bytes"] <= report["bytes_received"]
+    assert report["test_accuracy"] > 0.3 and (tmp_path / "m.keras").is_file()  # 4 classes: chance is 0.25
