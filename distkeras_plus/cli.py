@@ -18,6 +18,7 @@ from distkeras_plus import __version__
 from distkeras_plus._core import DkError
 from distkeras_plus.ps import (
     flat_weights,
+    key_values,
     model_weights,
     new_secret,
     parse_rule_params,
@@ -106,7 +107,7 @@ def train_command(
     from distkeras_plus.training import run_training
 
     try:
-        options = dict(_key_values(opts))
+        options = dict(key_values(opts))
         report = run_training(
             plugin=plugin,
             dataset=dataset,
@@ -134,16 +135,6 @@ def train_command(
             f"{report['bytes_received'] / 1e6:.2f} MB committed, {report['bytes_sent'] / 1e6:.2f} MB pulled; "
             f"model saved to {report['model_path']}"
         )
-
-
-def _key_values(items: tuple[str, ...]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{item!r} is not of the form key=value")
-        pairs.append((key.strip(), value.strip()))
-    return pairs
 
 
 @main.group()

@@ -36,15 +36,23 @@ def write_secret(path: Path, secret: bytes) -> None:
         f.write(secret.hex() + "\n")
 
 
+def key_values(items: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """`["a=1", "b = x"]` -> `[("a", "1"), ("b", "x")]`, as given on a command line."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not of the form key=value")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
 def parse_rule_params(items: list[str] | tuple[str, ...]) -> dict[str, float]:
     """`["alpha=0.5", "workers=2"]` -> `{"alpha": 0.5, "workers": 2.0}`."""
     params: dict[str, float] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"rule parameter {item!r} is not of the form key=value")
+    for key, value in key_values(items):
         try:
-            params[key.strip()] = float(value)
+            params[key] = float(value)
         except ValueError:
             raise ValueError(f"rule parameter {key!r} needs a number, got {value!r}") from None
     return params

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
-from distkeras_plus.worker import WorkerContext, delta_loop
+from distkeras_plus_optimizers.adag import run  # the same loop; only the server rule differs
 from distkeras_plus_optimizers.common import adam, window
-
-
-def run(ctx: WorkerContext) -> None:
-    delta_loop(ctx, ctx.options["window"], normalize=True)
 
 
 @hookimpl

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from distkeras_plus import OptimizerSpec, Option, RuleChoice, hookimpl
-from distkeras_plus.worker import WorkerContext, elastic_loop
-from distkeras_plus_optimizers.aeasgd import OPTIONS, alpha
+from distkeras_plus_optimizers.aeasgd import OPTIONS, alpha, run  # only the local optimizer differs
 from distkeras_plus_optimizers.common import sgd
-
-
-def run(ctx: WorkerContext) -> None:
-    elastic_loop(ctx, ctx.options["window"])
 
 
 @hookimpl
