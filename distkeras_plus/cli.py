@@ -34,6 +34,12 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class InternalError(click.ClickException):
+    """A failure the user did not cause: one line, exit status 1."""
+
+    exit_code = 1
+
+
 OUTPUT_FORMAT = click.option(
     "--output-format",
     type=click.Choice(["text", "json"]),
@@ -51,13 +57,52 @@ SUITE = click.option(
 )
 
 
+#: Errors a user can fix, reported in one line with exit status 2.
+USER_ERRORS = (DkError, ValueError, OSError, RuntimeError)
+
+
+def guarded(ctx: click.Context, exc: Exception) -> click.ClickException:
+    """One line for `exc` (exit 2 when the user can fix it); the traceback with --debug."""
+    if ctx.find_root().params.get("debug"):
+        raise exc
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, USER_ERRORS):
+        return UserError(message)
+    return InternalError(f"internal error: {type(exc).__name__}: {message} (rerun with --debug)")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DK"})
 @click.version_option(__version__, prog_name="dk")
-def main() -> None:
+@click.option("--debug", is_flag=True, envvar="DK_DEBUG", help="Show full tracebacks.")
+def main(debug: bool) -> None:
     """distkeras-plus: data-parallel Keras training on Spark."""
 
 
-@main.command("train")
+def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Eager: turns a settings file into Click defaults before the other options are read."""
+    from distkeras_plus.config import ConfigError, find_pyproject, read_settings
+
+    path = value if value is not None else find_pyproject(Path.cwd())
+    if path is None:
+        return None
+    names = [p.name for p in ctx.command.params if p.name and p.name != "config"]
+    try:
+        ctx.default_map = {**(ctx.default_map or {}), **read_settings(path, names)}
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    return path
+
+
+# DK_PLUGIN, DK_WORKERS, ...: `dk train` reads every option from DK_<OPTION> as well.
+@main.command("train", context_settings={"auto_envvar_prefix": "DK"})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path, exists=True),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="A TOML file of settings (default: [tool.distkeras_plus] in the nearest pyproject.toml).",
+)
 @click.option(
     "--plugin", default="adag", show_default=True, help="Distributed optimizer (see `dk plugins list`)."
 )
@@ -65,16 +110,42 @@ def main() -> None:
     "--dataset", default="digits", show_default=True, help="Built-in data set (see `dk datasets list`)."
 )
 @click.option(
+    "--data",
+    default=None,
+    metavar="PATH",
+    help="Train on this Parquet or CSV file or folder (or hdfs://, s3a://, file:// URI) instead.",
+)
+@click.option(
+    "--test-data", default=None, metavar="PATH", help="Test set for --data (default: --validation-split)."
+)
+@click.option("--features", default="features", show_default=True, help="Features column of --data.")
+@click.option("--label", default="label", show_default=True, help="Label column of --data.")
+@click.option(
+    "--model",
+    default=None,
+    metavar="FILE.keras",
+    help="Model to train (default: a small MLP that fits the data).",
+)
+@click.option("--loss", default=None, help="Keras loss (default: (sparse) categorical cross-entropy).")
+@click.option("--metrics", default="accuracy", show_default=True, help="Comma-separated Keras metrics.")
+@click.option(
     "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Number of workers."
 )
+@click.option("--master", default=None, help="Spark master URL (default: local[WORKERS]).")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--master", default=None, help="Spark master URL (default: local[WORKERS]).")
+@click.option(
+    "--worker-optimizer", default=None, help="Keras optimizer for the workers (default: the plugin's)."
+)
 @click.option(
     "--opt", "opts", multiple=True, metavar="KEY=VALUE", help="An option of the optimizer, e.g. window=12."
 )
 @click.option(
-    "--worker-optimizer", default=None, help="Keras optimizer for the workers (default: the plugin's)."
+    "--validation-split",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Fraction of --data held out as the test set (0: none).",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
@@ -83,57 +154,225 @@ def main() -> None:
 @click.option("--pull-codec", default="none", show_default=True, help="Pull codec: none, fp16, bf16.")
 @click.option(
     "--output",
+    default=None,
+    metavar="PATH.keras",
+    help="Where to save the trained model, a local path or a URI (default: ./dk-model-PLUGIN.keras).",
+)
+@click.option(
+    "--progress-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Where to save the trained model (default: ./dk-model-PLUGIN.keras).",
+    help="Append the run's progress to this file as JSON lines, about once a second.",
+)
+@click.option(
+    "--history-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every worker's training history to this file as JSON.",
 )
 @OUTPUT_FORMAT
+@click.pass_context
 def train_command(
-    plugin: str,
-    dataset: str,
-    workers: int,
-    epochs: int,
-    batch_size: int,
-    master: str | None,
+    ctx: click.Context,
+    /,
     opts: tuple[str, ...],
-    worker_optimizer: str | None,
-    seed: int,
-    codec: str | None,
-    pull_codec: str,
-    output: Path | None,
+    metrics: str,
+    output: str | None,
+    progress_file: Path | None,
+    history_file: Path | None,
     output_format: str,
+    **settings: Any,
 ) -> None:
-    """Train a model on Spark with a distributed optimizer and report its test accuracy."""
-    from distkeras_plus.training import run_training
+    """Train a model on Spark with a distributed optimizer and report its test accuracy.
+
+    Every option can also come from a DK_<OPTION> environment variable (DK_WORKERS=4), a
+    --config file or the [tool.distkeras_plus] table of the nearest pyproject.toml.
+    """
+    from distkeras_plus.training import TrainJob, run_training
+
+    job = TrainJob(
+        **settings,
+        options=dict(key_values(opts)) if opts else {},
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+        output=output or f"dk-model-{settings['plugin']}.keras",
+    )
+    show = ProgressLine(sys.stderr) if sys.stderr.isatty() else None
+    record = progress_file.open("a") if progress_file is not None else None
+
+    def progress(update: dict[str, Any]) -> None:
+        if show is not None:
+            show(update)
+        if record is not None:
+            record.write(json.dumps(update) + "\n")
+            record.flush()
 
     try:
-        options = dict(key_values(opts))
-        report = run_training(
-            plugin=plugin,
-            dataset=dataset,
-            workers=workers,
-            epochs=epochs,
-            batch_size=batch_size,
-            master=master,
-            options=options,
-            worker_optimizer=worker_optimizer,
-            seed=seed,
-            output=output or Path(f"dk-model-{plugin}.keras"),
-            codec=codec,
-            pull_codec=pull_codec,
-        )
-    except (DkError, ValueError, OSError, RuntimeError) as e:
-        raise UserError(str(e)) from e
+        report, history = run_training(job, progress if show or record else None)
+    except Exception as e:
+        raise guarded(ctx, e) from e
+    finally:
+        if show is not None:
+            show.close()
+        if record is not None:
+            record.close()
+    if history_file is not None:
+        history_file.write_text(json.dumps(history))
     if output_format == "json":
         click.echo(json.dumps(report))
+        return
+    accuracy = (
+        f"test accuracy {report['test_accuracy']:.4f} (loss {report['test_loss']:.4f}, "
+        f"{report['test_samples']} samples)"
+        if report["test_accuracy"] is not None
+        else "no test set"
+    )
+    click.echo(
+        f"{report['plugin']}: {accuracy} after {report['epochs']} epochs on {report['workers']} workers, "
+        f"{report['samples']} samples in {report['seconds']:.1f} s; {report['commits']} commits "
+        f"({report['codec']}), {report['bytes_received'] / 1e6:.2f} MB committed, "
+        f"{report['bytes_sent'] / 1e6:.2f} MB pulled; model saved to {report['model_path']}"
+    )
+
+
+class ProgressLine:
+    """One status line on a terminal, rewritten in place."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.width = stream, 0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        loss = f"loss {p['loss']:.4f}" if p.get("loss") is not None else "loss -"
+        text = (
+            f"{p['seconds']:6.0f} s  {p['samples']:>9,} samples  {p['commits']:>6,} commits  {loss}  "
+            f"{(p['bytes_received'] + p['bytes_sent']) / 1e6:,.1f} MB"
+        )
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def close(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+DATA = click.option(
+    "--data", required=True, metavar="PATH", help="Parquet or CSV file or folder, or a Hadoop URI."
+)
+MODEL = click.option("--model", required=True, metavar="FILE.keras", help="A Keras model file or URI.")
+FEATURES = click.option("--features", default="features", show_default=True, help="Features column.")
+MASTER = click.option("--master", default=None, help="Spark master URL (default: local[WORKERS]).")
+WORKERS = click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+
+
+@main.command("predict")
+@MODEL
+@DATA
+@click.option("--output", required=True, metavar="PATH", help="Parquet folder (or URI) to write.")
+@FEATURES
+@click.option("--prediction-col", default="prediction", show_default=True)
+@click.option(
+    "--probability-col", default="probability", show_default=True, help="Empty for no probabilities."
+)
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@MASTER
+@WORKERS
+@OUTPUT_FORMAT
+@click.pass_context
+def predict_command(
+    ctx: click.Context,
+    /,
+    model: str,
+    data: str,
+    output: str,
+    features: str,
+    prediction_col: str,
+    probability_col: str,
+    batch_size: int,
+    master: str | None,
+    workers: int,
+    output_format: str,
+) -> None:
+    """Predict every row of --data on Spark and write it, with the predictions, as Parquet."""
+    from distkeras_plus.data import read
+    from distkeras_plus.engine import local_session
+    from distkeras_plus.predict import predict
+    from distkeras_plus.storage import load_model_file
+
+    try:
+        spark = local_session(workers, master)
+        spark.sparkContext.setLogLevel("ERROR")
+        keras_model = load_model_file(model, spark)
+        df = read(spark, data, features, None)
+        predicted = predict(
+            df,
+            keras_model,
+            features_col=features,
+            prediction_col=prediction_col,
+            probability_col=probability_col or None,
+            batch_size=batch_size,
+        )
+        predicted.write.mode("overwrite").parquet(output)
+        rows = spark.read.parquet(output).count()
+    except Exception as e:
+        raise guarded(ctx, e) from e
+    if output_format == "json":
+        click.echo(json.dumps({"output": output, "rows": rows, "prediction_col": prediction_col}))
     else:
+        click.echo(f"{rows} predictions written to {output} (column {prediction_col})")
+
+
+@main.command("evaluate")
+@MODEL
+@DATA
+@FEATURES
+@click.option("--label", default="label", show_default=True, help="Label column.")
+@click.option("--loss", default=None, help="Keras loss (default: (sparse) categorical cross-entropy).")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@MASTER
+@WORKERS
+@OUTPUT_FORMAT
+@click.pass_context
+def evaluate_command(
+    ctx: click.Context,
+    /,
+    model: str,
+    data: str,
+    features: str,
+    label: str,
+    loss: str | None,
+    batch_size: int,
+    master: str | None,
+    workers: int,
+    output_format: str,
+) -> None:
+    """Loss, accuracy and per-class precision, recall and F1 of a model on --data, computed on Spark."""
+    from distkeras_plus.data import read
+    from distkeras_plus.engine import local_session
+    from distkeras_plus.predict import evaluate
+    from distkeras_plus.storage import load_model_file
+
+    try:
+        spark = local_session(workers, master)
+        spark.sparkContext.setLogLevel("ERROR")
+        keras_model = load_model_file(model, spark)
+        df = read(spark, data, features, label)
+        scores = evaluate(
+            df, keras_model, features_col=features, label_col=label, loss=loss, batch_size=batch_size
+        )
+    except Exception as e:
+        raise guarded(ctx, e) from e
+    if output_format == "json":
+        click.echo(json.dumps(scores.as_dict()))
+        return
+    click.echo(
+        f"{scores.samples} samples: loss {scores.loss:.4f}, accuracy {scores.accuracy:.4f}, "
+        f"macro F1 {scores.macro_f1:.4f}"
+    )
+    click.echo(f"{'class':>6} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+    for c in scores.classes:
         click.echo(
-            f"{report['plugin']}: test accuracy {report['test_accuracy']:.4f} "
-            f"(loss {report['test_loss']:.4f}) "
-            f"after {report['epochs']} epochs on {report['workers']} workers, {report['samples']} samples "
-            f"in {report['seconds']:.1f} s; {report['commits']} commits ({report['codec']}), "
-            f"{report['bytes_received'] / 1e6:.2f} MB committed, {report['bytes_sent'] / 1e6:.2f} MB pulled; "
-            f"model saved to {report['model_path']}"
+            f"{c['class']:>6} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8}"
         )
 
 

@@ -26,12 +26,16 @@ class Columns:
     one_hot: bool  # label is an array<float> (one-hot) rather than a class index
 
 
-def read(spark: Any, path: str | Path, features: str, label: str) -> Any:
-    """A Parquet or CSV file or folder as a DataFrame. A CSV file has a header; when it has no
-    `features` column, every column but the label is a feature, in order."""
-    from pyspark.sql import functions as F
-
-    path = Path(path)
+def read(spark: Any, path: str | Path, features: str, label: str | None) -> Any:
+    """A Parquet or CSV file or folder as a DataFrame: a local path, or a URI of any file system
+    the Spark session can read (`hdfs://`, `s3a://`, `file://`, ...). A CSV file has a header; when
+    it has no `features` column, every column but the label (if any) is a feature, in order."""
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        if text.rstrip("/").lower().endswith(".csv"):
+            return _features_from_csv(_spark_read(spark, "csv", text), features, label, text)
+        return _spark_read(spark, "parquet", text)
+    path = Path(text.removeprefix("file://"))
     if not path.exists():
         raise DataError(f"no data at {path}")
     files = (
@@ -39,16 +43,59 @@ def read(spark: Any, path: str | Path, features: str, label: str) -> Any:
     )
     suffixes = {p.suffix.lower() for p in files}
     if suffixes <= {".parquet"} and files:
-        return spark.read.parquet(str(path))
+        return _spark_read(spark, "parquet", str(path))
     if suffixes <= {".csv"} and files:
-        df = spark.read.csv(str(path), header=True, inferSchema=True)
-        if features not in df.columns:
-            if label not in df.columns:
-                raise DataError(f"no label column {label!r} in {path}; its columns: {', '.join(df.columns)}")
-            inputs = [c for c in df.columns if c != label]
-            df = df.select(F.array(*[F.col(f"`{c}`").cast("float") for c in inputs]).alias(features), label)
-        return df
+        return _features_from_csv(_spark_read(spark, "csv", str(path)), features, label, str(path))
     raise DataError(f"{path} is neither Parquet nor CSV (found {', '.join(sorted(suffixes)) or 'nothing'})")
+
+
+def _spark_read(spark: Any, fmt: str, path: str) -> Any:
+    from pyspark.errors import AnalysisException
+
+    try:
+        if fmt == "csv":
+            return spark.read.csv(path, header=True, inferSchema=True)
+        return spark.read.parquet(path)
+    except AnalysisException as e:
+        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def _features_from_csv(df: Any, features: str, label: str | None, path: str) -> Any:
+    from pyspark.sql import functions as F
+
+    if features in df.columns:
+        return df
+    if label is not None and label not in df.columns:
+        raise DataError(f"no label column {label!r} in {path}; its columns: {', '.join(df.columns)}")
+    inputs = [c for c in df.columns if c != label]
+    array = F.array(*[F.col(f"`{c}`").cast("float") for c in inputs]).alias(features)
+    return df.select(array, label) if label is not None else df.select(array)
+
+
+def features_array(df: Any, features: str) -> tuple[Any, int]:
+    """The features column as an `array<float>` expression, and the number of values per row."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if features not in fields:
+        raise DataError(f"no features column {features!r}; the data has columns: {', '.join(fields)}")
+    ftype = fields[features]
+    if isinstance(ftype, VectorUDT):
+        fcol = vector_to_array(F.col(features), "float32")
+    elif isinstance(ftype, T.ArrayType) and isinstance(ftype.elementType, T.NumericType):
+        fcol = F.col(features).cast("array<float>")
+    else:
+        raise DataError(
+            f"features column {features!r} must be an array of numbers or an ML vector, "
+            f"not {ftype.simpleString()}"
+        )
+    first = df.select(F.size(fcol).alias("n")).where(F.col("n") >= 0).first()
+    if first is None:
+        raise DataError("the data is empty")
+    return fcol, int(first["n"])
 
 
 def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
@@ -59,19 +106,10 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
     from pyspark.sql import types as T
 
     fields = {f.name: f.dataType for f in df.schema.fields}
-    for name, role in ((features, "features"), (label, "label")):
-        if name not in fields:
-            raise DataError(f"no {role} column {name!r}; the data has columns: {', '.join(fields)}")
-    ftype, ltype = fields[features], fields[label]
-    if isinstance(ftype, VectorUDT):
-        fcol = vector_to_array(F.col(features), "float32")
-    elif isinstance(ftype, T.ArrayType) and isinstance(ftype.elementType, T.NumericType):
-        fcol = F.col(features).cast("array<float>")
-    else:
-        raise DataError(
-            f"features column {features!r} must be an array of numbers or an ML vector, "
-            f"not {ftype.simpleString()}"
-        )
+    if label not in fields:
+        raise DataError(f"no label column {label!r}; the data has columns: {', '.join(fields)}")
+    fcol, num_features = features_array(df, features)
+    ltype = fields[label]
     if isinstance(ltype, T.NumericType):
         lcol, one_hot = F.col(label).cast("int"), False
     elif isinstance(ltype, VectorUDT):
@@ -83,10 +121,20 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
             f"label column {label!r} must be a class index or a one-hot array, not {ltype.simpleString()}"
         )
     prepared = df.select(fcol.alias("features"), lcol.alias("label")).na.drop()
-    first = prepared.select(F.size("features").alias("n")).first()
-    if first is None:
+    return prepared, Columns("features", "label", num_features, one_hot)
+
+
+def num_classes(prepared: Any, columns: Columns) -> int:
+    """How many classes the prepared data's labels name: the one-hot width, or the largest index + 1."""
+    from pyspark.sql import functions as F
+
+    if columns.one_hot:
+        row = prepared.select(F.max(F.size(columns.label)).alias("n")).first()
+    else:
+        row = prepared.select((F.max(columns.label) + 1).alias("n")).first()
+    if row is None or row["n"] is None:
         raise DataError("the training data is empty")
-    return prepared, Columns("features", "label", int(first["n"]), one_hot)
+    return max(2, int(row["n"]))
 
 
 def to_numpy(

@@ -9,13 +9,15 @@ a `.keras` archive, the weights through the parameter server.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,8 +229,12 @@ def train(
     codec: str | None = None,
     pull_codec: str = "none",
     timeout: float = 600.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`."""
+    """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`.
+
+    `progress`, when given, is called about once a second from another thread with what the
+    parameter server knows of the run so far (see `progress_of`)."""
     spec = registry.get(optimizer).spec
     opts = spec.parse_options(options or {})
     codec = Codec(codec or spec.codec).name  # an unknown codec is a clear error here, not on a worker
@@ -298,12 +304,16 @@ def train(
         def task(batches: Iterator[Any]) -> Iterator[Any]:
             return _worker_task(cfg, batches)
 
+        watching = _watch(server, started, progress) if progress is not None else None
         try:
             rows = data.mapInArrow(task, RESULT_SCHEMA, barrier=spec.synchronous).collect()
         except Exception as e:
             error = TrainingError(f"training with {optimizer} failed: {_worker_error(e)}")
             error.ps_address = cfg.ps_address
             raise error from e
+        finally:
+            if watching is not None:
+                watching.set()
         seconds = time.perf_counter() - started
         ps_stats: dict[str, Any] = {}
         if server is not None:
@@ -331,10 +341,66 @@ def train(
     )
 
 
+def progress_of(stats: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """A run's progress from the parameter server's statistics: commits, bytes, and the samples
+    and latest loss that workers report with their commits (summed and averaged over workers)."""
+    # A worker that has only pulled has reported nothing yet.
+    workers = [w for w in (stats or {}).get("workers", {}).values() if w.get("commits")]
+    losses = [w["loss"] for w in workers if math.isfinite(w.get("loss", math.nan))]
+    return {
+        "seconds": round(seconds, 1),
+        "commits": (stats or {}).get("commits", 0),
+        "samples": sum(w.get("samples", 0) for w in workers),
+        "loss": sum(losses) / len(losses) if losses else None,
+        "bytes_received": (stats or {}).get("bytes_in", 0),
+        "bytes_sent": (stats or {}).get("bytes_out", 0),
+    }
+
+
+def _watch(
+    server: ParameterServer | None, started: float, progress: Callable[[dict[str, Any]], None]
+) -> threading.Event:
+    """Calls `progress` once a second until the returned event is set."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(1.0):
+            progress(progress_of(server.stats() if server else None, time.perf_counter() - started))
+
+    threading.Thread(target=loop, name="dk-progress", daemon=True).start()
+    return done
+
+
+def check_master(master: str) -> None:
+    """Fails at once, in one line, when a standalone master does not answer (Spark itself retries
+    for a minute and then stops with a page of stack traces)."""
+    if not master.startswith("spark://"):
+        return
+    hosts = master.removeprefix("spark://").split(",")
+    errors = []
+    for host_port in hosts:
+        host, _, port = host_port.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                return
+        except (OSError, ValueError) as e:
+            errors.append(f"{host_port}: {e}")
+    raise TrainingError(
+        f"cannot reach the Spark master {master} ({'; '.join(errors)}); "
+        "check the URL and that the master is running"
+    )
+
+
 def local_session(workers: int, master: str | None = None) -> Any:
     """A Spark session: `local[workers]` by default, or the given master URL."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
+
+    if master:
+        check_master(master)
+    else:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no address to guess
+    quiet = Path(__file__).with_name("log4j2.properties")
 
     builder = (
         SparkSession.builder.appName("distkeras-plus")
@@ -346,5 +412,6 @@ def local_session(workers: int, master: str | None = None) -> Any:
         # Python workers start in the driver's directory: from a source checkout, the checkout's
         # distkeras_plus (which has no compiled core) would shadow the installed one.
         .config("spark.executorEnv.PYTHONSAFEPATH", "1")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={quiet.as_uri()}")
     )
     return builder.getOrCreate()

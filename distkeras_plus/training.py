@@ -1,63 +1,122 @@
-"""`dk train`: a built-in data set, the default model, a Spark run, a test-set evaluation."""
+"""`dk train`: data (a built-in data set or files), a model (given or the default), a Spark run,
+an evaluation on the test set on Spark, and the report."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distkeras_plus.data import DataError, num_classes, prepare, read
 from distkeras_plus.datasets import default_model, load
 from distkeras_plus.engine import local_session, train
+from distkeras_plus.predict import evaluate
+from distkeras_plus.storage import load_model_file, save_model_file
+
+
+@dataclass
+class TrainJob:
+    """Everything `dk train` takes; the defaults are the command's."""
+
+    plugin: str = "adag"
+    dataset: str = "digits"
+    data: str | None = None
+    test_data: str | None = None
+    features: str = "features"
+    label: str = "label"
+    model: str | None = None
+    loss: str | None = None
+    metrics: Sequence[str] = ("accuracy",)
+    workers: int = 2
+    master: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    worker_optimizer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    validation_split: float = 0.2
+    seed: int = 0
+    codec: str | None = None
+    pull_codec: str = "none"
+    output: str = ""
+
+
+def split_data(spark: Any, job: TrainJob) -> tuple[Any, Any | None, str]:
+    """The training and test DataFrames and a name for the data.
+
+    A folder holding `train.*` and `test.*` (what `dk datasets export` writes) gives both;
+    otherwise `test_data`, or a random `validation_split` of the data, is the test set."""
+    if job.data is None:
+        ds = load(job.dataset, seed=job.seed)
+        return ds.to_spark(spark), ds.to_spark(spark, "test"), job.dataset
+    folder = Path(job.data)
+    parts = {p.stem: p for p in folder.iterdir()} if "://" not in job.data and folder.is_dir() else {}
+    if job.test_data is None and {"train", "test"} <= parts.keys():
+        train_df = read(spark, parts["train"], job.features, job.label)
+        return train_df, read(spark, parts["test"], job.features, job.label), job.data
+    train_df = read(spark, job.data, job.features, job.label)
+    if job.test_data is not None:
+        return train_df, read(spark, job.test_data, job.features, job.label), job.data
+    if job.validation_split <= 0:
+        return train_df, None, job.data
+    if job.validation_split >= 1:
+        raise DataError("--validation-split is the fraction held out for testing: give a number below 1")
+    train_df, test_df = train_df.randomSplit([1 - job.validation_split, job.validation_split], job.seed)
+    return train_df, test_df, job.data
 
 
 def run_training(
-    *,
-    plugin: str,
-    dataset: str,
-    workers: int,
-    epochs: int,
-    batch_size: int,
-    master: str | None,
-    options: dict[str, Any],
-    worker_optimizer: str | None,
-    seed: int,
-    output: Path,
-    codec: str | None = None,
-    pull_codec: str = "none",
-) -> dict[str, Any]:
-    """Trains and returns the report that `dk train` prints."""
+    job: TrainJob, progress: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    data = load(dataset, seed=seed)
-    spark = local_session(workers, master)
+    spark = local_session(job.workers, job.master)
     spark.sparkContext.setLogLevel("ERROR")
-    model = default_model(data.x_train.shape[1], data.num_classes, seed)
+    train_df, test_df, data_name = split_data(spark, job)
+    if job.model is not None:
+        model = load_model_file(job.model, spark)
+    else:
+        prepared, columns = prepare(train_df, job.features, job.label)
+        model = default_model(columns.num_features, num_classes(prepared, columns), job.seed)
     result = train(
-        data.to_spark(spark),
+        train_df,
         model,
-        plugin,
-        options,
-        num_workers=workers,
-        epochs=epochs,
-        batch_size=batch_size,
-        worker_optimizer=worker_optimizer,
-        seed=seed,
-        codec=codec,
-        pull_codec=pull_codec,
+        job.plugin,
+        job.options,
+        features_col=job.features,
+        label_col=job.label,
+        num_workers=job.workers,
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        loss=job.loss,
+        metrics=list(job.metrics),
+        worker_optimizer=job.worker_optimizer,
+        seed=job.seed,
+        codec=job.codec,
+        pull_codec=job.pull_codec,
+        progress=progress,
     )
-    trained = result.model
-    trained.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    test_loss, test_accuracy = trained.evaluate(data.x_test, data.y_test, verbose=0)
-    trained.save(output)
+    scores = (
+        evaluate(test_df, result.model, features_col=job.features, label_col=job.label, loss=job.loss)
+        if test_df is not None
+        else None
+    )
+    output = job.output or f"dk-model-{job.plugin}.keras"
+    model_path = save_model_file(result.model, output, spark)
     stats = result.ps_stats
-    return {
-        "plugin": plugin,
+    report = {
+        "plugin": job.plugin,
         "options": result.options,
+        "data": data_name,
         "workers": result.num_workers,
-        "epochs": epochs,
+        "epochs": job.epochs,
         "samples": result.samples,
         "seconds": round(result.seconds, 3),
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
+        "test_samples": scores.samples if scores else 0,
+        "test_accuracy": scores.accuracy if scores else None,
+        "test_loss": scores.loss if scores else None,
+        "test_macro_f1": scores.macro_f1 if scores else None,
         "codec": result.codec,
         "pull_codec": result.pull_codec,
         "commits": stats.get("commits", 0),
@@ -65,5 +124,6 @@ def run_training(
         "bytes_sent": stats.get("bytes_out", 0),
         "bytes_received": stats.get("bytes_in", 0),
         "commit_bytes": stats.get("commit_bytes", 0),
-        "model_path": str(output.resolve()),
+        "model_path": model_path,
     }
+    return report, result.history

@@ -122,7 +122,10 @@ class WorkerContext:
 
     def commit(self, values: F32, out: F32 | None = None) -> tuple[int, int]:
         t = time.perf_counter()
-        clock, staleness = self._client().commit(np.ascontiguousarray(values, dtype=np.float32), out=out)
+        client = self._client()
+        losses = self._window_losses
+        client.set_progress(self.samples, float(np.mean(losses)) if losses else float("nan"))
+        clock, staleness = client.commit(np.ascontiguousarray(values, dtype=np.float32), out=out)
         self.comm_seconds += time.perf_counter() - t
         self.clock = clock
         self.record(staleness=staleness)

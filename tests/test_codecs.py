@@ -43,7 +43,7 @@ def test_commit_bytes_and_precision(
         c.commit(d)
         sent = c.bytes_out - before
     assert zero_server.stats()["commit_bytes"] == sent  # counted apart from other inbound traffic
-    assert sent <= max_fraction * 4 * N + 16 + 24
+    assert sent <= max_fraction * 4 * N + 16 + 40
     centre = zero_server.centre.to_numpy()
     if tolerance is not None:
         np.testing.assert_allclose(centre, d, atol=tolerance * float(np.abs(d).max()) + 1e-7)
@@ -151,8 +151,8 @@ def test_malformed_compressed_commits_change_nothing(
 def test_unknown_commit_flags_close_the_connection(zero_server: ParameterServer, secret: bytes) -> None:
     w = RawWorker(zero_server.port)
     assert w.hello(secret, [[N]], codecs=codecs(1))[0] == OPS["welcome"]
-    body = struct.pack("<IIQQ", 0, 2, 1, 0) + bytes(2 * N)
-    w.send(struct.pack("<4sBBHQ", b"DKPS", 1, OPS["commit"], 0, len(body)) + body)
+    body = struct.pack("<IIQQQfI", 0, 2, 1, 0, 0, 0.0, 0) + bytes(2 * N)
+    w.send(struct.pack("<4sBBHQ", b"DKPS", 2, OPS["commit"], 0, len(body)) + body)
     assert "flags" in error_of(*read_frame(w.sock))[1]
     assert w.closed_by_server()
     assert np.all(zero_server.centre.to_numpy() == 0.0)

@@ -107,14 +107,14 @@ def test_wrong_layout_is_refused(server: ParameterServer, secret: bytes) -> None
 @pytest.mark.parametrize(
     "make_frame",
     [
-        lambda w: header(OPS["commit"], 24 + 4 * N + 4) + b"\x00" * (24 + 4 * N + 4),  # too long
-        lambda w: header(OPS["commit"], 24 + 4 * N - 4) + b"\x00" * (24 + 4 * N - 4),  # too short
+        lambda w: header(OPS["commit"], 40 + 4 * N + 4) + b"\x00" * (40 + 4 * N + 4),  # too long
+        lambda w: header(OPS["commit"], 40 + 4 * N - 4) + b"\x00" * (40 + 4 * N - 4),  # too short
         lambda w: header(OPS["commit"], 1 << 40),
         lambda w: frame("pull", b"x"),
         lambda w: frame("hello", w.hello_payload(b"k" * 32, SHAPES)),
         lambda w: header(77, 0),
         lambda w: b"DKPS\x01",  # a truncated header, then the connection closes
-        lambda w: w.commit_frame(np.ones(N, dtype=np.float32).tobytes())[: 24 + 2 * N],  # truncated commit
+        lambda w: w.commit_frame(np.ones(N, dtype=np.float32).tobytes())[: 40 + 2 * N],  # truncated commit
     ],
     ids=[
         "commit-long",

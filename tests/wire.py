@@ -10,7 +10,7 @@ import socket
 import struct
 
 MAGIC = b"DKPS"
-VERSION = 1
+VERSION = 2
 OPS = {
     "challenge": 1,
     "hello": 2,
@@ -121,7 +121,7 @@ class RawWorker:
         self.sock.sendall(data)
 
     def commit_frame(self, values: bytes, worker_id: int = 0, seq: int = 1, clock: int = 0) -> bytes:
-        return frame("commit", struct.pack("<IIQQ", worker_id, 0, seq, clock) + values)
+        return frame("commit", struct.pack("<IIQQQfI", worker_id, 0, seq, clock, 0, 0.0, 0) + values)
 
     def closed_by_server(self) -> bool:
         """Reads until the server closes (EOF or reset); raises TimeoutError if it never does."""

@@ -49,6 +49,7 @@ pub struct Client {
     rule_code: u8,
     seq: u64,
     last_pull_clock: u64,
+    progress: p::Progress,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -129,6 +130,7 @@ impl Client {
             rule_code: 0,
             seq: 0,
             last_pull_clock: 0,
+            progress: p::Progress::default(),
             bytes_in: 0,
             bytes_out: 0,
         };
@@ -306,6 +308,11 @@ impl Client {
         Ok(self.last_pull_clock)
     }
 
+    /// What the next commits tell the server of this worker's training (shown as progress).
+    pub fn set_progress(&mut self, progress: p::Progress) {
+        self.progress = progress;
+    }
+
     /// Sends `delta` (stamped with the clock of the last pull and the next sequence number).
     /// Rules that answer with a vector write it into `reply`.
     pub fn commit(&mut self, delta: &[f32], reply: Option<&mut [f32]>) -> Result<Applied> {
@@ -323,7 +330,13 @@ impl Client {
             (false, _) => None,
         };
         self.seq += 1;
-        let head = p::encode_commit_head(self.worker_id, 0, self.seq, self.last_pull_clock);
+        let head = p::encode_commit_head(
+            self.worker_id,
+            0,
+            self.seq,
+            self.last_pull_clock,
+            self.progress,
+        );
         if self.commit_codec == Codec::None {
             self.send(Op::Commit, &head, delta).map_err(lost)?;
         } else {
@@ -364,7 +377,13 @@ impl Client {
         }
         let residual = feedback.take_residual();
         self.seq += 1;
-        let head = p::encode_commit_head(self.worker_id, p::DENSE, self.seq, self.last_pull_clock);
+        let head = p::encode_commit_head(
+            self.worker_id,
+            p::DENSE,
+            self.seq,
+            self.last_pull_clock,
+            self.progress,
+        );
         self.send(Op::Commit, &head, &residual).map_err(lost)?;
         let mut reply_head = [0u8; 16];
         let replied = self

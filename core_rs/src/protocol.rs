@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 compile_error!("the wire format reads float32 payloads in place and assumes a little-endian host");
 
 pub const MAGIC: [u8; 4] = *b"DKPS";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 16;
 pub const NONCE_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
@@ -404,32 +404,54 @@ pub fn nonce() -> Result<[u8; NONCE_LEN]> {
 }
 
 /// Fixed prefix of a commit payload, before the float32 vector.
-pub const COMMIT_HEAD_LEN: usize = 24;
+pub const COMMIT_HEAD_LEN: usize = 40;
 
 /// Commit flag: this frame's vector is plain float32, whatever the connection's codec (a worker
 /// flushing its error-feedback residual at the end).
 pub const DENSE: u32 = 1;
+
+/// What a worker says of its own training with each commit, so the driver can show progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Samples the worker has trained on so far in this attempt.
+    pub samples: u64,
+    /// Its latest training loss; NaN when it has none yet.
+    pub loss: f32,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            samples: 0,
+            loss: f32::NAN,
+        }
+    }
+}
 
 pub fn encode_commit_head(
     worker_id: u32,
     flags: u32,
     seq: u64,
     last_pull_clock: u64,
+    progress: Progress,
 ) -> [u8; COMMIT_HEAD_LEN] {
     let mut h = [0u8; COMMIT_HEAD_LEN];
     h[..4].copy_from_slice(&worker_id.to_le_bytes());
     h[4..8].copy_from_slice(&flags.to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
-    h[16..].copy_from_slice(&last_pull_clock.to_le_bytes());
+    h[16..24].copy_from_slice(&last_pull_clock.to_le_bytes());
+    h[24..32].copy_from_slice(&progress.samples.to_le_bytes());
+    h[32..36].copy_from_slice(&progress.loss.to_le_bytes());
     h
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CommitHead {
     pub worker_id: u32,
     pub flags: u32,
     pub seq: u64,
     pub last_pull_clock: u64,
+    pub progress: Progress,
 }
 
 pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
@@ -439,11 +461,19 @@ pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
     if flags & !DENSE != 0 {
         return Err(Error::protocol(format!("unknown commit flags {flags:#x}")));
     }
+    let seq = f.u64()?;
+    let last_pull_clock = f.u64()?;
+    let samples = f.u64()?;
+    let loss = f32::from_bits(f.u32()?);
+    if f.u32()? != 0 {
+        return Err(Error::protocol("commit head has non-zero reserved bytes"));
+    }
     Ok(CommitHead {
         worker_id,
         flags,
-        seq: f.u64()?,
-        last_pull_clock: f.u64()?,
+        seq,
+        last_pull_clock,
+        progress: Progress { samples, loss },
     })
 }
 
@@ -481,10 +511,11 @@ mod tests {
         }
 
         #[test]
-        fn commit_head_round_trips(worker in any::<u32>(), dense in any::<bool>(), seq in any::<u64>(), clock in any::<u64>()) {
+        fn commit_head_round_trips(worker in any::<u32>(), dense in any::<bool>(), seq in any::<u64>(), clock in any::<u64>(), samples in any::<u64>(), loss in -1e6f32..1e6) {
             let flags = if dense { DENSE } else { 0 };
-            let head = decode_commit_head(&encode_commit_head(worker, flags, seq, clock)).unwrap();
-            prop_assert_eq!(head, CommitHead { worker_id: worker, flags, seq, last_pull_clock: clock });
+            let progress = Progress { samples, loss };
+            let head = decode_commit_head(&encode_commit_head(worker, flags, seq, clock, progress)).unwrap();
+            prop_assert_eq!(head, CommitHead { worker_id: worker, flags, seq, last_pull_clock: clock, progress });
         }
     }
 

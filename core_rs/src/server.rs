@@ -498,7 +498,9 @@ impl<'a> Session<'a> {
             .and_then(|()| self.apply(worker, &head));
         match outcome {
             Ok(applied) => {
-                shared.counters.worker_committed(worker, applied.staleness);
+                shared
+                    .counters
+                    .worker_committed(worker, applied.staleness, head.progress);
                 let mut reply_head = [0u8; 16];
                 reply_head[..8].copy_from_slice(&applied.clock.to_le_bytes());
                 reply_head[8..].copy_from_slice(&applied.staleness.to_le_bytes());

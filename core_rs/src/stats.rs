@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::protocol::Progress;
+
 #[derive(Default)]
 pub struct Counters {
     pub commits: AtomicU64,
@@ -30,6 +32,9 @@ pub struct WorkerStats {
     pub last_staleness: u64,
     pub max_staleness: u64,
     pub staleness_sum: u64,
+    /// As the worker last reported it with a commit.
+    pub samples: u64,
+    pub loss: f32,
 }
 
 impl WorkerStats {
@@ -84,7 +89,7 @@ impl Counters {
         self.workers.lock().entry(worker).or_default().pulls += 1;
     }
 
-    pub fn worker_committed(&self, worker: u32, staleness: u64) {
+    pub fn worker_committed(&self, worker: u32, staleness: u64, progress: Progress) {
         bump(&self.commits, 1);
         let mut workers = self.workers.lock();
         let w = workers.entry(worker).or_default();
@@ -92,6 +97,8 @@ impl Counters {
         w.last_staleness = staleness;
         w.max_staleness = w.max_staleness.max(staleness);
         w.staleness_sum += staleness;
+        w.samples = progress.samples;
+        w.loss = progress.loss;
     }
 
     pub fn snapshot(&self, clock: u64) -> Snapshot {

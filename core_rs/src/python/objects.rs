@@ -16,6 +16,7 @@ use crate::centre::{Centre, Finite};
 use crate::client::{Client, ClientOptions};
 use crate::codec::Codec;
 use crate::layout::Layout;
+use crate::protocol::Progress;
 use crate::rules::Rule;
 use crate::server::{Server, ServerConfig};
 
@@ -344,6 +345,8 @@ impl PyServer {
             wd.set_item("last_staleness", w.last_staleness)?;
             wd.set_item("max_staleness", w.max_staleness)?;
             wd.set_item("mean_staleness", w.mean_staleness())?;
+            wd.set_item("samples", w.samples)?;
+            wd.set_item("loss", w.loss)?;
             workers.set_item(id, wd)?;
         }
         d.set_item("workers", workers)?;
@@ -481,6 +484,14 @@ impl PyClient {
         let client = self.open()?;
         let applied = released(py, || client.commit(delta, out))?;
         Ok((applied.clock, applied.staleness))
+    }
+
+    /// What the next commits tell the server of this worker's training: samples so far and the
+    /// latest loss (NaN for none). The driver shows it as progress.
+    #[pyo3(signature = (samples, loss = f32::NAN))]
+    fn set_progress(&mut self, samples: u64, loss: f32) -> PyResult<()> {
+        self.open()?.set_progress(Progress { samples, loss });
+        Ok(())
     }
 
     /// Sends what error feedback still holds back as one dense commit; `None` if nothing was owed.

@@ -1,0 +1,90 @@
+"""Files on local disk or on any Hadoop-compatible file system the Spark session can reach
+(`hdfs://`, `s3a://`, `file://`, ...): models are saved and loaded, checkpoints written, through
+the session's own Hadoop configuration."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def is_uri(path: str) -> bool:
+    """A `scheme://` path, handled by Hadoop's file systems rather than Python's."""
+    return "://" in path
+
+
+def _hadoop(spark: Any, uri: str) -> tuple[Any, Any]:
+    """The Hadoop FileSystem for `uri` and the `uri` as a Hadoop Path."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def upload(spark: Any, local: Path, uri: str) -> None:
+    """Copies a local file to `uri`, replacing it. It is written beside it and renamed into place,
+    so a reader never sees half a file (Hadoop's rename does not replace, hence the delete)."""
+    fs, dest = _hadoop(spark, uri)
+    jvm = spark.sparkContext._jvm
+    partial = jvm.org.apache.hadoop.fs.Path(dest.getParent(), f".{dest.getName()}.partial")
+    fs.mkdirs(dest.getParent())
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(str(local.resolve())), partial)
+    fs.delete(dest, False)
+    if not fs.rename(partial, dest):
+        raise OSError(f"could not move {uri}.partial into place")
+
+
+def download(spark: Any, uri: str, local: Path) -> None:
+    """Copies the file at `uri` to a local path."""
+    fs, src = _hadoop(spark, uri)
+    if not fs.exists(src):
+        raise FileNotFoundError(f"no file at {uri}")
+    fs.copyToLocalFile(False, src, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(str(local)), True)
+
+
+def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
+    """Saves a Keras model as a `.keras` file at a local path or a Hadoop URI; returns where."""
+    if not path.endswith(".keras"):
+        raise ValueError(
+            f"models are saved in Keras' .keras format: give a path ending in .keras, not {path}"
+        )
+    if not is_uri(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial.keras")
+        model.save(partial)
+        os.replace(partial, target)  # a crash while saving leaves the previous model whole
+        return str(target.resolve())
+    if spark is None:
+        raise ValueError(f"saving to {path} needs a Spark session")
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / "model.keras"
+        model.save(local)
+        upload(spark, local, path)
+    return path
+
+
+def load_model_file(path: str, spark: Any | None = None) -> Any:
+    """Loads a `.keras` model from a local path or a Hadoop URI, in Keras' safe mode (no code)."""
+    import keras
+
+    if not is_uri(path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no model file at {path}")
+        return _load(keras, Path(path))
+    if spark is None:
+        raise ValueError(f"loading from {path} needs a Spark session")
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / "model.keras"
+        download(spark, path, local)
+        return _load(keras, local)
+
+
+def _load(keras: Any, path: Path) -> Any:
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        raise ValueError(
+            f"{path} is not a Keras model file: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from e
