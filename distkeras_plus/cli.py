@@ -190,9 +190,13 @@ def train_command(
     """
     from distkeras_plus.training import TrainJob, run_training
 
+    try:
+        options = dict(key_values(opts))
+    except ValueError as e:
+        raise guarded(ctx, e) from e
     job = TrainJob(
         **settings,
-        options=dict(key_values(opts)) if opts else {},
+        options=options,
         metrics=[m.strip() for m in metrics.split(",") if m.strip()],
         output=output or f"dk-model-{settings['plugin']}.keras",
     )
@@ -270,6 +274,9 @@ WORKERS = click.option("--workers", default=2, show_default=True, type=click.Int
 @DATA
 @click.option("--output", required=True, metavar="PATH", help="Parquet folder (or URI) to write.")
 @FEATURES
+@click.option(
+    "--label", default="label", show_default=True, help="A CSV column that is not a feature, when present."
+)
 @click.option("--prediction-col", default="prediction", show_default=True)
 @click.option(
     "--probability-col", default="probability", show_default=True, help="Empty for no probabilities."
@@ -286,6 +293,7 @@ def predict_command(
     data: str,
     output: str,
     features: str,
+    label: str,
     prediction_col: str,
     probability_col: str,
     batch_size: int,
@@ -303,7 +311,7 @@ def predict_command(
         spark = local_session(workers, master)
         spark.sparkContext.setLogLevel("ERROR")
         keras_model = load_model_file(model, spark)
-        df = read(spark, data, features, None)
+        df = read(spark, data, features, label, optional_label=True)
         predicted = predict(
             df,
             keras_model,
@@ -666,3 +674,11 @@ def _benchmarks(suite: Path | None, name: str) -> Any:
     raise UserError(
         "benchmarks live in the source checkout: run dk bench from it, or pass --suite PATH/benchmarks"
     )
+
+
+# Punchcard, the job daemon, and its client (at the end: it imports nothing from here).
+from distkeras_plus.punchcard.cli import jobs, punchcard, submit  # noqa: E402
+
+main.add_command(punchcard)
+main.add_command(submit)
+main.add_command(jobs)

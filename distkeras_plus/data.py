@@ -26,14 +26,15 @@ class Columns:
     one_hot: bool  # label is an array<float> (one-hot) rather than a class index
 
 
-def read(spark: Any, path: str | Path, features: str, label: str | None) -> Any:
+def read(spark: Any, path: str | Path, features: str, label: str | None, optional_label: bool = False) -> Any:
     """A Parquet or CSV file or folder as a DataFrame: a local path, or a URI of any file system
     the Spark session can read (`hdfs://`, `s3a://`, `file://`, ...). A CSV file has a header; when
-    it has no `features` column, every column but the label (if any) is a feature, in order."""
+    it has no `features` column, every column but the label is a feature, in order (with
+    `optional_label`, a file without the label column is all features)."""
     text = str(path)
     if "://" in text and not text.startswith("file://"):
         if text.rstrip("/").lower().endswith(".csv"):
-            return _features_from_csv(_spark_read(spark, "csv", text), features, label, text)
+            return _features_from_csv(_spark_read(spark, "csv", text), features, label, text, optional_label)
         return _spark_read(spark, "parquet", text)
     path = Path(text.removeprefix("file://"))
     if not path.exists():
@@ -45,7 +46,9 @@ def read(spark: Any, path: str | Path, features: str, label: str | None) -> Any:
     if suffixes <= {".parquet"} and files:
         return _spark_read(spark, "parquet", str(path))
     if suffixes <= {".csv"} and files:
-        return _features_from_csv(_spark_read(spark, "csv", str(path)), features, label, str(path))
+        return _features_from_csv(
+            _spark_read(spark, "csv", str(path)), features, label, str(path), optional_label
+        )
     raise DataError(f"{path} is neither Parquet nor CSV (found {', '.join(sorted(suffixes)) or 'nothing'})")
 
 
@@ -60,16 +63,16 @@ def _spark_read(spark: Any, fmt: str, path: str) -> Any:
         raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
 
 
-def _features_from_csv(df: Any, features: str, label: str | None, path: str) -> Any:
+def _features_from_csv(df: Any, features: str, label: str | None, path: str, optional_label: bool) -> Any:
     from pyspark.sql import functions as F
 
     if features in df.columns:
         return df
-    if label is not None and label not in df.columns:
+    if label is not None and label not in df.columns and not optional_label:
         raise DataError(f"no label column {label!r} in {path}; its columns: {', '.join(df.columns)}")
     inputs = [c for c in df.columns if c != label]
     array = F.array(*[F.col(f"`{c}`").cast("float") for c in inputs]).alias(features)
-    return df.select(array, label) if label is not None else df.select(array)
+    return df.select(array, label) if label in df.columns else df.select(array)
 
 
 def features_array(df: Any, features: str) -> tuple[Any, int]:

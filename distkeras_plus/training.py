@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distkeras_plus import registry
 from distkeras_plus.data import DataError, num_classes, prepare, read
 from distkeras_plus.datasets import default_model, load
 from distkeras_plus.engine import local_session, train
@@ -71,6 +72,7 @@ def run_training(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    registry.get(job.plugin).spec.parse_options(job.options)  # a typo fails before Spark starts
     spark = local_session(job.workers, job.master)
     spark.sparkContext.setLogLevel("ERROR")
     train_df, test_df, data_name = split_data(spark, job)
