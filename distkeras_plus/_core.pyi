@@ -64,6 +64,7 @@ class Centre:
         rule: str = "add",
         params: Mapping[str, float] | None = None,
         round_timeout: float | None = None,
+        clock: int = 0,
     ) -> Self: ...
     @property
     def num_params(self) -> int: ...

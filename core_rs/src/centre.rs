@@ -118,6 +118,41 @@ impl Centre {
         self
     }
 
+    /// Starts the clock at `clock`: a run resumed from a checkpoint continues its count.
+    pub fn with_clock(self, clock: u64) -> Self {
+        self.clock.store(clock, Ordering::Release);
+        if let Some(rounds) = &self.rounds {
+            rounds.state.lock().round = clock;
+        }
+        self
+    }
+
+    /// A new attempt of `worker` has started, so its old attempt is gone: a synchronous round that
+    /// the old attempt joined can never complete and is abandoned now (its waiters get an error,
+    /// the centre is unchanged), rather than when the round timeout expires. Returns whether a
+    /// round was abandoned.
+    pub fn release_worker(&self, worker: u32) -> bool {
+        let Some(rounds) = &self.rounds else {
+            return false;
+        };
+        let mut st = rounds.state.lock();
+        if !st.joined.contains(&worker) {
+            return false;
+        }
+        // Only once no contribution is half-added can the round's sum be cleared.
+        while (st.added as usize) < st.joined.len() {
+            rounds.done.wait_for(&mut st, Duration::from_millis(10));
+        }
+        for sum in &rounds.sum {
+            sum.lock().fill(0.0);
+        }
+        st.joined.clear();
+        st.added = 0;
+        st.generation += 1;
+        rounds.done.notify_all();
+        true
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

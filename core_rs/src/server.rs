@@ -62,6 +62,8 @@ struct Shared {
     counters: Counters,
     /// Highest sequence number applied or in flight, per (worker, attempt): a replay is refused.
     last_seq: Mutex<HashMap<(u32, u32), u64>>,
+    /// The newest attempt seen per worker: Spark's retry of a task supersedes the old attempt.
+    attempts: Mutex<HashMap<u32, u32>>,
     conns: Mutex<Connections>,
 }
 
@@ -111,6 +113,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             last_seq: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
             conns: Mutex::new(Connections::default()),
         });
         let acceptor = {
@@ -341,6 +344,7 @@ impl<'a> Session<'a> {
         }
         let (commit_codec, pull_codec) = p::decode_codecs(&hello.codecs)?;
         self.check_codecs(commit_codec, pull_codec)?;
+        self.admit(hello.worker_id, hello.attempt)?;
         self.commit_codec = commit_codec;
         self.pull_codec = pull_codec;
         let welcome = p::Welcome {
@@ -355,6 +359,33 @@ impl<'a> Session<'a> {
         self.stream.set_write_timeout(shared.idle_timeout)?;
         self.worker = Some((hello.worker_id, hello.attempt));
         Ok(())
+    }
+
+    /// Admits a worker's attempt unless a newer one has started; a newer one releases the old.
+    fn admit(&self, worker: u32, attempt: u32) -> Result<()> {
+        let mut attempts = self.shared.attempts.lock();
+        let newest = attempts.entry(worker).or_insert(attempt);
+        if attempt < *newest {
+            return Err(Error::rejected(format!(
+                "attempt {attempt} of worker {worker} is stale: attempt {newest} has started"
+            )));
+        }
+        if attempt > *newest {
+            *newest = attempt;
+            drop(attempts);
+            self.shared.centre.release_worker(worker);
+        }
+        Ok(())
+    }
+
+    fn check_current(&self, worker: u32, attempt: u32) -> Result<()> {
+        let newest = self.shared.attempts.lock().get(&worker).copied();
+        match newest {
+            Some(newest) if newest > attempt => Err(Error::rejected(format!(
+                "attempt {attempt} of worker {worker} is stale: attempt {newest} has started"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn check_codecs(&self, commit: Codec, pull: Codec) -> Result<()> {
@@ -494,6 +525,7 @@ impl<'a> Session<'a> {
         };
 
         let outcome = valid
+            .and_then(|()| self.check_current(worker, attempt))
             .and_then(|()| self.check_seq(worker, attempt, &head))
             .and_then(|()| self.apply(worker, &head));
         match outcome {

@@ -244,3 +244,102 @@ fn refused_codecs_are_clear() {
         .to_string();
     assert!(err.contains("does not accept codec int8"), "{err}");
 }
+
+fn connect_attempt(
+    server: &Server,
+    layout: &Layout,
+    worker: u32,
+    attempt: u32,
+) -> Result<Client, Error> {
+    Client::connect(
+        &server.addr().to_string(),
+        SECRET,
+        layout,
+        worker,
+        attempt,
+        Duration::from_secs(5),
+        None,
+    )
+}
+
+#[test]
+fn a_retried_attempt_supersedes_the_old_one() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
+    let mut old = connect_attempt(&server, &layout, 3, 0).unwrap();
+    old.commit(&[1.0; 4], None).unwrap();
+    let mut new = connect_attempt(&server, &layout, 3, 1).unwrap();
+    // The new attempt starts its own sequence; the old one may no longer commit or connect.
+    assert_eq!(new.commit(&[1.0; 4], None).unwrap().clock, 2);
+    let err = old.commit(&[1.0; 4], None).unwrap_err();
+    assert!(err.to_string().contains("stale"), "{err}");
+    let err = connect_attempt(&server, &layout, 3, 0)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("attempt 1 has started"), "{err}");
+    let mut out = [0.0; 4];
+    assert_eq!(new.pull(&mut out).unwrap(), 2);
+    assert_eq!(out, [2.0; 4]);
+}
+
+#[test]
+fn a_retried_attempt_releases_the_sync_round_its_old_attempt_joined() {
+    let (server, layout) = start(
+        Rule::Sync {
+            workers: 2,
+            scale: 0.5,
+        },
+        &[0.0; 4],
+    );
+    // Worker 0 joins round 0 and waits for worker 1, whose task then dies and is retried.
+    let waiter = {
+        let (server_addr, layout) = (server.addr().to_string(), layout.clone());
+        thread::spawn(move || {
+            let mut c = Client::connect(
+                &server_addr,
+                SECRET,
+                &layout,
+                0,
+                0,
+                Duration::from_secs(5),
+                None,
+            )
+            .unwrap();
+            let mut reply = [0.0; 4];
+            c.commit(&[4.0; 4], Some(&mut reply))
+        })
+    };
+    let mut w1 = connect_attempt(&server, &layout, 1, 0).unwrap();
+    while server.stats().commits == 0 && server.stats().workers.get(&0).is_none() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(100)); // worker 0 is waiting in the round
+    let mut reply = [0.0; 4];
+    // Worker 1's first attempt commits, then worker 0's task is retried as attempt 1.
+    let retried = thread::spawn({
+        let (addr, layout) = (server.addr().to_string(), layout.clone());
+        move || {
+            let mut c = Client::connect(&addr, SECRET, &layout, 0, 1, Duration::from_secs(5), None)
+                .unwrap();
+            let mut reply = [0.0; 4];
+            c.commit(&[2.0; 4], Some(&mut reply))
+                .map(|a| (a.clock, reply))
+        }
+    });
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("abandoned"), "{err}");
+    let applied = w1.commit(&[6.0; 4], Some(&mut reply)).unwrap();
+    let (clock, retried_reply) = retried.join().unwrap().unwrap();
+    // Only the new round counts: (2 + 6) / 2, the old attempt's 4 is gone.
+    assert_eq!((applied.clock, clock), (1, 1));
+    assert_eq!(reply, [4.0; 4]);
+    assert_eq!(retried_reply, [4.0; 4]);
+}
+
+#[test]
+fn a_centre_resumes_its_clock() {
+    let centre = Centre::new(Rule::Add { scale: 1.0 }, &[0.0; 2])
+        .unwrap()
+        .with_clock(41);
+    let mut out = [0.0; 2];
+    assert_eq!(centre.pull(&mut out).unwrap(), 41);
+}

@@ -152,12 +152,13 @@ pub struct PyCentre {
 #[pymethods]
 impl PyCentre {
     #[new]
-    #[pyo3(signature = (initial, rule = "add", params = None, round_timeout = None))]
+    #[pyo3(signature = (initial, rule = "add", params = None, round_timeout = None, clock = 0))]
     fn new(
         initial: PyReadonlyArray1<'_, f32>,
         rule: &str,
         params: Option<HashMap<String, f64>>,
         round_timeout: Option<f64>,
+        clock: u64,
     ) -> PyResult<Self> {
         let rule = parse_rule(rule, params)?;
         let round_timeout = round_timeout
@@ -165,7 +166,7 @@ impl PyCentre {
             .transpose()?;
         let centre = Centre::new(rule, slice(&initial, "initial")?).map_err(to_py)?;
         Ok(PyCentre {
-            inner: Arc::new(centre.with_round_timeout(round_timeout)),
+            inner: Arc::new(centre.with_round_timeout(round_timeout).with_clock(clock)),
         })
     }
 
