@@ -1,0 +1,6 @@
+"""Punchcard: a job daemon that runs `dk train` for authenticated remote users.
+
+One job per module: `spec` (the job schema), `store` (SQLite), `users` (tokens), `modelcheck`
+(loading uploads in Keras' safe mode, in a child process), `procs` (process sessions), `runner`
+(the queue and the training children), `app` (the HTTP API and page), `client` and `cli`.
+"""

@@ -1,0 +1,352 @@
+"""The HTTP API (FastAPI) and the ASGI guard in front of it.
+
+Every route but `/health` and the static page needs `Authorization: Bearer TOKEN`. A job that
+belongs to someone else answers exactly like one that does not exist (404), so job ids reveal
+nothing. Errors are `{"error": "one line"}` with the status that fits.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from distkeras_plus import __version__
+from distkeras_plus.punchcard import page, runner, users
+from distkeras_plus.punchcard.modelcheck import ModelChecker, ModelError, check_archive
+from distkeras_plus.punchcard.runner import Runner
+from distkeras_plus.punchcard.spec import SpecError, parse
+from distkeras_plus.punchcard.store import FINAL, STATES, Job, Store
+
+log = logging.getLogger("distkeras_plus.punchcard")
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_upload_bytes: int = 200 * 2**20
+    data_roots: tuple[Path, ...] = ()
+    max_queued_per_user: int = 100
+
+
+class ApiError(HTTPException):
+    pass
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+def job_json(job: Job, jobs_dir: Path, position: int | None = None) -> dict[str, Any]:
+    """A job as the API shows it."""
+    runtime = None
+    if job.started is not None:
+        runtime = round((job.finished or datetime.now(UTC).timestamp()) - job.started, 3)
+    links = {"self": f"/jobs/{job.id}", "logs": f"/jobs/{job.id}/logs"}
+    if job.state == "succeeded":
+        links |= {"result": f"/jobs/{job.id}/result", "history": f"/jobs/{job.id}/history"}
+    return {
+        "id": job.id,
+        "name": job.name,
+        "owner": job.owner,
+        "state": job.state,
+        "queue_position": position,
+        "cancel_requested": job.cancel_requested,
+        "created": _iso(job.created),
+        "started": _iso(job.started),
+        "finished": _iso(job.finished),
+        "runtime_seconds": runtime,
+        "attempts": job.attempts,
+        "spec": job.spec,
+        "progress": runner.progress(jobs_dir / job.id) if job.state != "queued" else None,
+        "result": job.result,
+        "reason": job.reason,
+        "exit_code": job.exit_code,
+        "links": links,
+    }
+
+
+def current_user(request: Request) -> str:
+    """The user whose token came with the request, or 401."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise ApiError(401, "this needs a token: send Authorization: Bearer TOKEN")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "the Authorization header must read 'Bearer TOKEN'")
+    user = users.authenticate(request.app.state.store, token.strip())
+    if user is None:
+        raise ApiError(401, "the token is not valid (ask the operator for a new one)")
+    return user
+
+
+User = Annotated[str, Depends(current_user)]
+
+
+def create_app(
+    store: Store, jobs: Runner, checker: ModelChecker | None, settings: Settings = Settings()
+) -> FastAPI:
+    """The API over a store and a runner; wrap it in `Guard` to serve it."""
+    # No /docs or /openapi.json: every route but health needs a token, and those would not.
+    app = FastAPI(title="punchcard", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.store = store
+
+    def owned(job_id: str, user: str) -> Job:
+        job = store.get(job_id, owner=user) if JOB_ID.match(job_id) else None
+        if job is None:
+            raise ApiError(404, "no such job")
+        return job
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        return JSONResponse({"error": f"{where}: {err.get('msg')}" if where else str(err.get("msg"))}, 422)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error; the daemon's log has the details"}, 500)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        return Response(page.INDEX, media_type="text/html; charset=utf-8")
+
+    @app.get("/app.js", include_in_schema=False)
+    def script() -> Response:
+        return Response(page.SCRIPT, media_type="text/javascript; charset=utf-8")
+
+    @app.post("/jobs", status_code=201)
+    def submit(
+        user: User,
+        spec: Annotated[str, Form(description="The job spec, JSON.")],
+        model: Annotated[UploadFile, File(description="The model, a .keras file.")],
+    ) -> JSONResponse:
+        job_spec = _or_422(lambda: parse(spec, settings.data_roots))
+        if store.count(user, "queued") >= settings.max_queued_per_user:
+            raise ApiError(429, f"you have {settings.max_queued_per_user} jobs queued; wait or cancel some")
+        job_id = uuid.uuid4().hex
+        folder = jobs.job_dir(job_id)
+        folder.mkdir(mode=0o700, parents=True)
+        try:
+            # The upload's own file name is never used: the model is always model.keras here.
+            with (folder / runner.MODEL).open("wb") as f:
+                shutil.copyfileobj(model.file, f, 1 << 20)
+                if f.tell() > settings.max_upload_bytes:  # the guard's bound includes the spec
+                    raise ApiError(413, too_large(settings.max_upload_bytes))
+            _or_422(lambda: check_archive(folder / runner.MODEL, 2 * settings.max_upload_bytes + 2**20))
+            if checker is not None:
+                _or_422(lambda: checker.check(folder / runner.MODEL))
+            data = job_spec.model_dump(mode="json")
+            (folder / runner.SPEC).write_text(json.dumps(data, indent=2))
+            job = store.add_job(job_id, user, job_spec.name, data)  # committed before it can run
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        jobs.wake()
+        position = store.queue_positions().get(job_id)
+        return JSONResponse(
+            job_json(job, jobs.jobs_dir, position), 201, headers={"Location": f"/jobs/{job_id}"}
+        )
+
+    @app.get("/jobs")
+    def list_jobs(
+        user: User,
+        state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        positions = store.queue_positions()
+        found = store.jobs(owner=user, state=state, limit=limit)
+        return {"user": user, "jobs": [job_json(j, jobs.jobs_dir, positions.get(j.id)) for j in found]}
+
+    @app.get("/jobs/{job_id}")
+    def status(job_id: str, user: User) -> dict[str, Any]:
+        job = owned(job_id, user)
+        position = store.queue_positions().get(job_id) if job.state == "queued" else None
+        return job_json(job, jobs.jobs_dir, position)
+
+    @app.get("/jobs/{job_id}/logs")
+    def logs(
+        job_id: str,
+        user: User,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=16, le=4 * 2**20)] = 256 * 1024,
+    ) -> dict[str, Any]:
+        job = owned(job_id, user)
+        return _read_log(jobs.job_dir(job_id) / runner.LOG, offset, limit, job.state in FINAL)
+
+    @app.post("/jobs/{job_id}/cancel", status_code=202)
+    def cancel(job_id: str, user: User) -> JSONResponse:
+        job = owned(job_id, user)
+        if job.state in FINAL:
+            raise ApiError(
+                409, f"the job has already {'been ' if job.state == 'cancelled' else ''}{job.state}"
+            )
+        jobs.cancel(job_id, user)
+        latest = owned(job_id, user)
+        return JSONResponse(job_json(latest, jobs.jobs_dir), 200 if latest.state in FINAL else 202)
+
+    @app.get("/jobs/{job_id}/result")
+    def result(job_id: str, user: User) -> Response:
+        job = owned(job_id, user)
+        path = jobs.job_dir(job_id) / runner.OUTPUT
+        if job.state != "succeeded" or not path.is_file():
+            raise ApiError(409, f"the job is {job.state}: it has no trained model")
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{job_id}.keras")
+
+    @app.get("/jobs/{job_id}/history")
+    def history(job_id: str, user: User) -> Response:
+        job = owned(job_id, user)
+        path = jobs.job_dir(job_id) / runner.HISTORY
+        if not path.is_file():
+            raise ApiError(409, f"the job is {job.state}: it has no training history")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    return app
+
+
+def too_large(limit: int) -> str:
+    return f"the upload is larger than this daemon's limit of {limit / 2**20:g} MiB"
+
+
+def _or_422(check: Callable[[], Any]) -> Any:
+    try:
+        return check()
+    except (SpecError, ModelError) as e:
+        raise ApiError(422, str(e)) from None
+
+
+def _read_log(path: Path, offset: int, limit: int, final: bool) -> dict[str, Any]:
+    """Text from byte `offset`, cut at a character boundary; `offset` in the answer is where to go on."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(min(offset, size))
+            chunk = f.read(limit)
+    except FileNotFoundError:
+        size, chunk = 0, b""
+    end = min(offset, size) + len(chunk)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text = decoder.decode(chunk, final=final and end >= size)
+    pending = len(decoder.getstate()[0])  # bytes of a character split by the cut: next time
+    next_offset = max(offset, end - pending)
+    return {"text": text, "offset": next_offset, "size": size, "done": final and next_offset >= size}
+
+
+class Guard:
+    """Outermost ASGI layer: bounds request bodies and sets headers every response should carry.
+
+    The size limit is enforced while the body streams in (Content-Length may be absent or lie),
+    before the multipart parser spools anything to disk."""
+
+    HEADERS: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+        (b"cache-control", b"no-store"),
+        (
+            b"content-security-policy",
+            b"default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; "
+            b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    ]
+    DRAIN = 64 * 2**20  # read at most this much of a refused body, so the client sees the 413
+
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+        self.app, self.max_body, self.max_upload = app, max_body, max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await self._refuse(receive, send_with_headers, 0, int(length) if length.isdigit() else None)
+            return
+
+        received, refused, started = 0, False, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    refused = True
+                    if not started:
+                        more = message.get("more_body", False)
+                        await self._refuse(receive, send_with_headers, received, None, more)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 went out; the app's own answer to a cut-off body is dropped
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+
+    async def _refuse(
+        self, receive: Receive, send: Send, received: int, declared: int | None, more: bool = True
+    ) -> None:
+        if declared is None or declared - received <= self.DRAIN:
+            while more and received <= self.max_body + self.DRAIN:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                received += len(message.get("body", b""))
+                more = message.get("more_body", False)
+        body = json.dumps({"error": too_large(self.max_upload)}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
