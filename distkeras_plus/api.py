@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from distkeras_plus.checkpoint import Checkpoint, Folder, Policy
 from distkeras_plus.engine import TrainResult
 from distkeras_plus.engine import train as _train
 
@@ -26,6 +27,10 @@ def train(
     codec: str | None = None,
     pull_codec: str = "none",
     timeout: float = 600.0,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = 60.0,
+    resume: Checkpoint | str | None = None,
     **options: Any,
 ) -> TrainResult:
     """Trains a Keras model data-parallel on a Spark DataFrame.
@@ -37,9 +42,17 @@ def train(
     the label; `worker_optimizer` is any Keras optimizer name or config. `codec` compresses commits
     (`none`, `fp16`, `bf16`, `int8`, `int8:stochastic`, `topk:RATIO`; default: the optimizer's),
     `pull_codec` pulls (`none`, `fp16`, `bf16`). `timeout` (seconds) drops a worker that stays
-    silent that long and abandons a synchronous round that waits that long for a worker. Returns
-    the trained model with each worker's history and the parameter server's statistics.
+    silent that long and abandons a synchronous round that waits that long for a worker.
+
+    `checkpoint_dir` (a local folder or a Hadoop URI) receives the centre, its clock and the run's
+    configuration every `checkpoint_every` commits and/or `checkpoint_seconds` seconds, and at the
+    end. `resume` (a `Checkpoint`, or a checkpoint folder: its newest valid checkpoint) starts from
+    that centre and clock and skips the epochs it had done; the model must have the same weights'
+    shapes. Returns the trained model with each worker's history and the parameter server's
+    statistics.
     """
+    if isinstance(resume, str):
+        resume = Folder(resume, getattr(df, "sparkSession", None)).latest()
     return _train(
         df,
         model,
@@ -58,6 +71,9 @@ def train(
         codec=codec,
         pull_codec=pull_codec,
         timeout=timeout,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_policy=Policy(checkpoint_every, checkpoint_seconds),
+        resume=resume,
     )
 
 

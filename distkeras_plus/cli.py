@@ -159,6 +159,32 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
     help="Where to save the trained model, a local path or a URI (default: ./dk-model-PLUGIN.keras).",
 )
 @click.option(
+    "--checkpoint-dir",
+    default=None,
+    metavar="DIR",
+    help="Write checkpoints of the centre here (a local folder or a Hadoop URI).",
+)
+@click.option(
+    "--checkpoint-every",
+    default=None,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Checkpoint after every N commits.",
+)
+@click.option(
+    "--checkpoint-seconds",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Checkpoint at least this often while the centre changes.",
+)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="DIR",
+    help="Continue the run whose checkpoints are in DIR, with its recorded settings.",
+)
+@click.option(
     "--progress-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -178,6 +204,7 @@ def train_command(
     opts: tuple[str, ...],
     metrics: str,
     output: str | None,
+    resume: str | None,
     progress_file: Path | None,
     history_file: Path | None,
     output_format: str,
@@ -188,7 +215,7 @@ def train_command(
     Every option can also come from a DK_<OPTION> environment variable (DK_WORKERS=4), a
     --config file or the [tool.distkeras_plus] table of the nearest pyproject.toml.
     """
-    from distkeras_plus.training import TrainJob, run_training
+    from distkeras_plus.training import TrainJob, resumed, run_training
 
     try:
         options = dict(key_values(opts))
@@ -211,7 +238,10 @@ def train_command(
             record.flush()
 
     try:
-        report, history = run_training(job, progress if show or record else None)
+        checkpoint = None
+        if resume is not None:
+            job, checkpoint = resumed(resume, settings["master"], settings["workers"])
+        report, history = run_training(job, progress if show or record else None, checkpoint)
     except Exception as e:
         raise guarded(ctx, e) from e
     finally:
@@ -230,6 +260,8 @@ def train_command(
         if report["test_accuracy"] is not None
         else "no test set"
     )
+    if report["resumed_from_clock"] is not None:
+        click.echo(f"resumed from the checkpoint at clock {report['resumed_from_clock']}")
     click.echo(
         f"{report['plugin']}: {accuracy} after {report['epochs']} epochs on {report['workers']} workers, "
         f"{report['samples']} samples in {report['seconds']:.1f} s; {report['commits']} commits "

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,14 @@ import numpy as np
 
 from distkeras_plus import registry
 from distkeras_plus._core import Centre, Client, Codec, ParameterServer
+from distkeras_plus.checkpoint import Checkpoint, Checkpointer, Folder, Policy, check_resumable
 from distkeras_plus.data import Columns, DataError, prepare, read, to_numpy
 from distkeras_plus.ps import new_secret
+from distkeras_plus.storage import save_model_file
 from distkeras_plus.weights import FlatWeights
+
+#: How often local Spark tries a task before the run fails (a cluster's default is 4 too).
+LOCAL_TASK_TRIES = 4
 
 RESULT_SCHEMA = "worker int, attempt int, samples long, steps long, history string, result binary"
 
@@ -61,6 +67,7 @@ class WorkerConfig:
     codec: str = "none"
     pull_codec: str = "none"
     timeout: float = 600.0
+    start_clock: int = 0  # the centre's clock when this run started (a resumed run's is not 0)
 
 
 @dataclass
@@ -77,6 +84,8 @@ class TrainResult:
     options: dict[str, Any] = field(default_factory=dict)
     codec: str = "none"
     pull_codec: str = "none"
+    #: Workers whose result came from a retried task (Spark tried them again after a failure).
+    retried_workers: list[int] = field(default_factory=list)
 
 
 def model_bytes(model: Any) -> bytes:
@@ -107,6 +116,9 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
     task = TaskContext.get()
     worker_id = task.partitionId() if task else 0
     attempt = task.attemptNumber() if task else 0
+    # The parameter server needs a later attempt of a worker to carry a larger number. A retried
+    # barrier stage numbers its attempts from 0 again; the task's id in the application grows.
+    ps_attempt = min(task.taskAttemptId(), 2**32 - 1) if task else 0
     all_gather = None
     if isinstance(task, BarrierTaskContext):
         barrier = task
@@ -132,7 +144,7 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
             cfg.secret,
             layout_weights.layout,
             worker_id,
-            attempt,
+            ps_attempt,
             codec=cfg.codec,
             pull_codec=cfg.pull_codec,
             timeout=cfg.timeout + 60,  # the server gives up first, and says why
@@ -146,6 +158,7 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
         epochs=cfg.epochs,
         client=client,
         all_gather=all_gather,
+        start_clock=cfg.start_clock,
     )
     try:
         spec.worker(ctx)
@@ -230,6 +243,10 @@ def train(
     pull_codec: str = "none",
     timeout: float = 600.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_policy: Policy | None = None,
+    resume: Checkpoint | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Trains `model` on `df` with the distributed optimizer `optimizer`; see `distkeras_plus.train`.
 
@@ -270,6 +287,33 @@ def train(
         raise ValueError(f"pulls can use none, fp16 or bf16, not {pull_codec}")
     secret = new_secret()
     flat = FlatWeights.from_arrays(model.get_weights())
+    start_clock, epochs_before = 0, 0
+    if resume is not None:
+        check_resumable(resume, flat.layout.hash, flat.layout.num_params)
+        np.copyto(flat.flat, resume.values)
+        model.set_weights(flat.views)
+        start_clock, epochs_before = resume.clock, min(resume.epochs_done, epochs)
+    if epochs_before == epochs:
+        return TrainResult(
+            model=model, history=[], num_workers=num_workers, optimizer=optimizer, options=opts
+        )
+    checkpointer = None
+    if checkpoint_dir is not None:
+        if choice is None:
+            raise ValueError(f"{optimizer} trains without a parameter server: there is nothing to checkpoint")
+        folder = Folder(checkpoint_dir, spark)
+        save_model_file(model, folder.path("model.keras"), spark)  # the architecture, for --resume
+        meta = {
+            "config": dict(config or {}),
+            "optimizer": optimizer,
+            "options": opts,
+            "epochs": epochs,
+            "layout": flat.layout.hash.hex(),
+            "shapes": flat.layout.shapes,
+        }
+        checkpointer = Checkpointer(
+            folder, checkpoint_policy or Policy(), meta, prepared.count(), epochs_before
+        )
     cores = os.cpu_count() or 1
     server = None
     host: str | None = None
@@ -278,7 +322,9 @@ def train(
         if choice is not None:
             host = _ps_host(spark, ps_host or os.environ.get("DK_PS_HOST"))
             bind = "127.0.0.1" if host.startswith("127.") else "0.0.0.0"  # noqa: S104 - authenticated
-            centre = Centre(flat.flat, choice.name, dict(choice.params), round_timeout=timeout)
+            centre = Centre(
+                flat.flat, choice.name, dict(choice.params), round_timeout=timeout, clock=start_clock
+            )
             server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=timeout)
         cfg = WorkerConfig(
             optimizer=optimizer,
@@ -288,7 +334,8 @@ def train(
             metrics=list(metrics if metrics is not None else ["accuracy"]),
             worker_optimizer=worker_optimizer or spec.worker_optimizer_for(opts),
             batch_size=batch_size,
-            epochs=epochs,
+            epochs=epochs - epochs_before,
+            start_clock=start_clock,
             seed=seed,
             num_workers=num_workers,
             columns=columns,
@@ -304,7 +351,7 @@ def train(
         def task(batches: Iterator[Any]) -> Iterator[Any]:
             return _worker_task(cfg, batches)
 
-        watching = _watch(server, started, progress) if progress is not None else None
+        watching = _watch(server, started, progress, checkpointer) if progress or checkpointer else None
         try:
             rows = data.mapInArrow(task, RESULT_SCHEMA, barrier=spec.synchronous).collect()
         except Exception as e:
@@ -319,6 +366,8 @@ def train(
         if server is not None:
             server.stop()
             ps_stats = server.stats()
+            if checkpointer is not None:
+                checkpointer.write(server, epochs)
             model.set_weights(FlatWeights(flat.layout, server.centre.to_numpy()).views)
         if spec.combine is not None:
             model = spec.combine(model, [r["result"] for r in sorted(rows, key=lambda r: r["worker"])])
@@ -338,6 +387,7 @@ def train(
         options=opts,
         codec=codec,
         pull_codec=pull_codec,
+        retried_workers=sorted(r["worker"] for r in rows if r["attempt"] > 0),
     )
 
 
@@ -358,14 +408,24 @@ def progress_of(stats: Mapping[str, Any] | None, seconds: float) -> dict[str, An
 
 
 def _watch(
-    server: ParameterServer | None, started: float, progress: Callable[[dict[str, Any]], None]
+    server: ParameterServer | None,
+    started: float,
+    progress: Callable[[dict[str, Any]], None] | None,
+    checkpointer: Checkpointer | None,
 ) -> threading.Event:
-    """Calls `progress` once a second until the returned event is set."""
+    """Once a second until the returned event is set: reports progress, writes checkpoints."""
     done = threading.Event()
 
     def loop() -> None:
         while not done.wait(1.0):
-            progress(progress_of(server.stats() if server else None, time.perf_counter() - started))
+            stats = server.stats() if server else None
+            if progress is not None:
+                progress(progress_of(stats, time.perf_counter() - started))
+            if checkpointer is not None and server is not None and stats is not None:
+                try:
+                    checkpointer.tick(server, stats)
+                except Exception as e:  # a full disk must not stop training; the next tick retries
+                    warnings.warn(f"could not write a checkpoint: {e}", stacklevel=1)
 
     threading.Thread(target=loop, name="dk-progress", daemon=True).start()
     return done
@@ -404,7 +464,8 @@ def local_session(workers: int, master: str | None = None) -> Any:
 
     builder = (
         SparkSession.builder.appName("distkeras-plus")
-        .master(master or f"local[{workers}]")
+        # local[N, F]: a failed task is tried up to F times, as on a cluster.
+        .master(master or f"local[{workers},{LOCAL_TASK_TRIES}]")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", os.environ.get("DK_DRIVER_MEMORY", "4g"))

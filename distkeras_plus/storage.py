@@ -43,6 +43,33 @@ def download(spark: Any, uri: str, local: Path) -> None:
     fs.copyToLocalFile(False, src, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(str(local)), True)
 
 
+def list_names(spark: Any, uri: str) -> list[str]:
+    """The names of the files in the folder at `uri` (none if it does not exist)."""
+    fs, folder = _hadoop(spark, uri)
+    if not fs.exists(folder):
+        return []
+    return sorted(str(status.getPath().getName()) for status in fs.listStatus(folder))
+
+
+def read_bytes(spark: Any, uri: str) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / "file"
+        download(spark, uri, local)
+        return local.read_bytes()
+
+
+def write_bytes(spark: Any, uri: str, data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / "file"
+        local.write_bytes(data)
+        upload(spark, local, uri)
+
+
+def delete(spark: Any, uri: str) -> None:
+    fs, path = _hadoop(spark, uri)
+    fs.delete(path, False)
+
+
 def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
     """Saves a Keras model as a `.keras` file at a local path or a Hadoop URI; returns where."""
     if not path.endswith(".keras"):

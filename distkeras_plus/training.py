@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distkeras_plus import registry
+from distkeras_plus.checkpoint import Checkpoint, CheckpointError, Folder, Policy
 from distkeras_plus.data import DataError, num_classes, prepare, read
 from distkeras_plus.datasets import default_model, load
 from distkeras_plus.engine import local_session, train
 from distkeras_plus.predict import evaluate
-from distkeras_plus.storage import load_model_file, save_model_file
+from distkeras_plus.storage import is_uri, load_model_file, save_model_file
 
 
 @dataclass
@@ -41,6 +42,9 @@ class TrainJob:
     codec: str | None = None
     pull_codec: str = "none"
     output: str = ""
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = 60.0
 
 
 def split_data(spark: Any, job: TrainJob) -> tuple[Any, Any | None, str]:
@@ -67,16 +71,35 @@ def split_data(spark: Any, job: TrainJob) -> tuple[Any, Any | None, str]:
     return train_df, test_df, job.data
 
 
+def resumed(folder: str, master: str | None = None, workers: int = 2) -> tuple[TrainJob, Checkpoint]:
+    """The job recorded in the newest valid checkpoint in `folder` and that checkpoint; it goes on
+    writing checkpoints there. `master`, when given, replaces the recorded one; a URI is read with
+    a Spark session of `workers` (a local folder is read before Spark starts, with the recorded)."""
+    spark = local_session(workers, master) if is_uri(folder) else None
+    checkpoint = Folder(folder, spark).latest()
+    try:
+        job = TrainJob(**checkpoint.config)
+    except TypeError as e:
+        raise CheckpointError(f"the checkpoint in {folder} records no usable run: {e}") from None
+    job.checkpoint_dir, job.master = folder, master or job.master
+    return job, checkpoint
+
+
 def run_training(
-    job: TrainJob, progress: Callable[[dict[str, Any]], None] | None = None
+    job: TrainJob,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    resume: Checkpoint | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     registry.get(job.plugin).spec.parse_options(job.options)  # a typo fails before Spark starts
+    policy = Policy(job.checkpoint_every, job.checkpoint_seconds)
     spark = local_session(job.workers, job.master)
     spark.sparkContext.setLogLevel("ERROR")
     train_df, test_df, data_name = split_data(spark, job)
-    if job.model is not None:
+    if resume is not None:
+        model = load_model_file(Folder(job.checkpoint_dir or "", spark).path("model.keras"), spark)
+    elif job.model is not None:
         model = load_model_file(job.model, spark)
     else:
         prepared, columns = prepare(train_df, job.features, job.label)
@@ -98,6 +121,10 @@ def run_training(
         codec=job.codec,
         pull_codec=job.pull_codec,
         progress=progress,
+        checkpoint_dir=job.checkpoint_dir,
+        checkpoint_policy=policy,
+        resume=resume,
+        config=asdict(job),
     )
     scores = (
         evaluate(test_df, result.model, features_col=job.features, label_col=job.label, loss=job.loss)
@@ -127,5 +154,8 @@ def run_training(
         "bytes_received": stats.get("bytes_in", 0),
         "commit_bytes": stats.get("commit_bytes", 0),
         "model_path": model_path,
+        "clock": stats.get("clock", resume.clock if resume else 0),
+        "resumed_from_clock": resume.clock if resume else None,
+        "retried_workers": result.retried_workers,
     }
     return report, result.history

@@ -57,6 +57,7 @@ class WorkerContext:
     epochs: int
     client: Client | None = None
     all_gather: Callable[[str], list[str]] | None = None
+    start_clock: int = 0  # the centre's clock when the run started
     result: bytes | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     compute_seconds: float = 0.0
@@ -228,9 +229,15 @@ def sync_loop(ctx: WorkerContext, window: int, alpha: float | None) -> None:
     per_epoch = max(int(n) for n in ctx.all_gather(str(len(ctx.data))))
     window = window or per_epoch
     rounds_per_epoch = math.ceil(per_epoch / window)
+    # A retried stage continues after the rounds the centre already holds.
+    done = ctx.clock - ctx.start_clock
     for epoch in range(ctx.epochs):
         batches = ctx.batches(epoch)
-        for _ in range(rounds_per_epoch):
+        for r in range(rounds_per_epoch):
+            if epoch * rounds_per_epoch + r < done:
+                for _ in itertools.islice(batches, window):
+                    pass
+                continue
             for x, y in itertools.islice(batches, window):
                 ctx.train(x, y)
             weights = ctx.model_weights()
