@@ -8,12 +8,14 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -200,11 +202,32 @@ def serve(
         timeout_graceful_shutdown=5,
     )
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _run(config, sock)
     finally:
         runner.shutdown()
         checker.close()
         store.close()
+
+
+def _run(config: Any, sock: socket.socket) -> None:
+    """uvicorn's server, except that a signal only asks it to stop: uvicorn itself raises the
+    signal again once stopped, which would kill the process before its jobs are stopped."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                self.handle_exit(signum, frame)
+
+            old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+
+    Server(config).run(sockets=[sock])
 
 
 def _listen(host: str, port: int) -> socket.socket:
