@@ -54,6 +54,8 @@ def typecheck(session: nox.Session) -> None:
     """mypy over the package, tests and benchmarks; stubtest checks `_core.pyi` against the module."""
     session.install("--no-deps", ".", "./plugins")
     session.install("numpy", "click", "pluggy", "mypy", "pytest", "hypothesis")
+    # Punchcard's daemon and client, and its page test, are typed against these.
+    session.install("fastapi", "uvicorn", "httpx", "pydantic", "selenium")
     session.run("mypy")
     # -P: check the installed module, not the checkout (which has no compiled _core).
     session.run(
