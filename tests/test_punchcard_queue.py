@@ -29,9 +29,12 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _running_pid(daemon: Daemon, job_id: str) -> int:
+    """The job's child: the daemon records it just after marking the job running."""
     store = daemon.store()
+    deadline = time.monotonic() + 30
     try:
-        job = store.get(job_id)
+        while (job := store.get(job_id)) is not None and job.pid is None and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         store.close()
     assert job is not None and job.pid is not None

@@ -4,3 +4,6 @@ One job per module: `spec` (the job schema), `store` (SQLite), `users` (tokens),
 (loading uploads in Keras' safe mode, in a child process), `procs` (process sessions), `runner`
 (the queue and the training children), `app` (the HTTP API and page), `client` and `cli`.
 """
+
+DEFAULT_PORT = 8765
+DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"

@@ -57,8 +57,8 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-def job_json(job: Job, jobs_dir: Path, position: int | None = None) -> dict[str, Any]:
-    """A job as the API shows it."""
+def job_json(job: Job, jobs_dir: Path, position: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """A job as the API shows it; listings skip the progress of jobs that are not running."""
     runtime = None
     if job.started is not None:
         runtime = round((job.finished or datetime.now(UTC).timestamp()) - job.started, 3)
@@ -78,7 +78,9 @@ def job_json(job: Job, jobs_dir: Path, position: int | None = None) -> dict[str,
         "runtime_seconds": runtime,
         "attempts": job.attempts,
         "spec": job.spec,
-        "progress": runner.progress(jobs_dir / job.id) if job.state != "queued" else None,
+        "progress": runner.progress(jobs_dir / job.id)
+        if job.state == "running" or (progress and job.state != "queued")
+        else None,
         "result": job.result,
         "reason": job.reason,
         "exit_code": job.exit_code,
@@ -188,7 +190,10 @@ def create_app(
     ) -> dict[str, Any]:
         positions = store.queue_positions()
         found = store.jobs(owner=user, state=state, limit=limit)
-        return {"user": user, "jobs": [job_json(j, jobs.jobs_dir, positions.get(j.id)) for j in found]}
+        return {
+            "user": user,
+            "jobs": [job_json(j, jobs.jobs_dir, positions.get(j.id), progress=False) for j in found],
+        }
 
     @app.get("/jobs/{job_id}")
     def status(job_id: str, user: User) -> dict[str, Any]:

@@ -16,11 +16,15 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from distkeras_plus.punchcard.client import DEFAULT_SERVER, FINAL, ClientError, PunchcardClient
+from distkeras_plus.punchcard import DEFAULT_PORT, DEFAULT_SERVER
+from distkeras_plus.punchcard.store import FINAL
+
+if TYPE_CHECKING:
+    from distkeras_plus.punchcard.client import PunchcardClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,6 +82,9 @@ def _connection(f: F) -> F:
 
 @contextmanager
 def _client(server: str, token: str | None) -> Iterator[PunchcardClient]:
+    # Imported here: httpx is not worth its import time on every other `dk` command.
+    from distkeras_plus.punchcard.client import ClientError, PunchcardClient
+
     try:
         with PunchcardClient(server, token or "") as client:
             yield client
@@ -105,7 +112,9 @@ def punchcard() -> None:
 
 @punchcard.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0 picks one.")
+@click.option(
+    "--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), help="0 picks one."
+)
 @click.option(
     "--spark-master", envvar="DK_SPARK_MASTER", help="Spark master URL for every job (default: local)."
 )
@@ -172,6 +181,7 @@ def serve(
     recovered = runner.recover(requeue_interrupted)
     _remove_strays(jobs_dir, store.ids())
     checker = ModelChecker(state_dir / "modelcheck.log")
+    checker.start()
     max_upload = int(max_upload_mb * 2**20)
     settings = Settings(max_upload, tuple(p.resolve() for p in data_roots), max_queued_per_user)
     # The guard bounds whole requests: the model, the spec and the multipart framing.

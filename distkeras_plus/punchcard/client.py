@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import httpx
 
-FINAL = frozenset({"succeeded", "failed", "cancelled"})
-DEFAULT_SERVER = "http://127.0.0.1:8765"
+from distkeras_plus.punchcard import DEFAULT_SERVER as DEFAULT_SERVER
+from distkeras_plus.punchcard.store import FINAL
 
 
 class ClientError(Exception):
