@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +121,33 @@ def test_a_clean_stop_stops_the_jobs_too(tmp_path: Path, model_file: Path) -> No
             assert c.get(f"/jobs/{job_id}").json()["state"] == "failed"
     finally:
         again.stop()
+
+
+def test_one_daemon_per_state_folder(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state")
+    try:
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distkeras_plus",
+                "punchcard",
+                "serve",
+                "--port=0",
+                f"--state-dir={tmp_path / 'state'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert (
+            second.stderr.strip()
+            == f"Error: another punchcard daemon (pid {daemon.proc.pid}) serves {tmp_path / 'state'}"
+        )
+        assert daemon.client().get("/health").status_code == 200
+    finally:
+        daemon.stop()
 
 
 def test_load_status_requests_and_queued_submissions(tmp_path: Path, model_file: Path) -> None:

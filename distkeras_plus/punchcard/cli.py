@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -173,8 +174,9 @@ def serve(
     from distkeras_plus.punchcard.runner import Runner
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sock = _listen(host, port)
     store = _store(state_dir)
+    lock = _lock(state_dir)  # before anything touches the jobs: one daemon per state folder
+    sock = _listen(host, port)
     jobs_dir = state_dir / "jobs"
     jobs_dir.mkdir(mode=0o700, exist_ok=True)
     runner = Runner(store, jobs_dir, max_concurrent_jobs, spark_master, kill_grace, python)
@@ -217,6 +219,7 @@ def serve(
         runner.shutdown()
         checker.close()
         store.close()
+        lock.close()
 
 
 def _run(config: Any, sock: socket.socket) -> None:
@@ -238,6 +241,23 @@ def _run(config: Any, sock: socket.socket) -> None:
                     signal.signal(s, handler)
 
     Server(config).run(sockets=[sock])
+
+
+def _lock(state_dir: Path) -> IO[str]:
+    """Two daemons on one state folder would both run its queue: the second one refuses to start."""
+    f = (state_dir / "daemon.lock").open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise UserError(f"another punchcard daemon (pid {holder}) serves {state_dir}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _listen(host: str, port: int) -> socket.socket:
