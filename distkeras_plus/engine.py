@@ -353,7 +353,12 @@ def train(
 
         watching = _watch(server, started, progress, checkpointer) if progress or checkpointer else None
         try:
-            rows = data.mapInArrow(task, RESULT_SCHEMA, barrier=spec.synchronous).collect()
+            results = data.mapInArrow(task, RESULT_SCHEMA, barrier=spec.synchronous)
+            if spec.synchronous:
+                # Spark retries a failed barrier stage only when it is not the last stage of its
+                # job (a ResultStage); a shuffle after it makes it one that can be retried.
+                results = results.repartition(1)
+            rows = results.collect()
         except Exception as e:
             error = TrainingError(f"training with {optimizer} failed: {_worker_error(e)}")
             error.ps_address = cfg.ps_address
