@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults import commits_so_far, kill_busiest_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +96,23 @@ def test_adag_through_a_standalone_cluster(cluster: str, tmp_path: Path) -> None
     assert report["commits"] > 0 and report["bytes_received"] > 0
     assert report["test_accuracy"] > 0.7
     assert out.is_file()
+
+
+def test_a_killed_worker_on_the_cluster_is_retried(cluster: str, tmp_path: Path) -> None:
+    dk = str(Path(sys.executable).parent / "dk")
+    progress = tmp_path / "progress"
+    proc = subprocess.Popen(
+        [dk, "train", "--plugin", "adag", "--master", cluster, "--workers", "2", "--epochs", "4",
+         "--dataset", "synthetic:100000", "--output", str(tmp_path / "m.keras"), "--output-format", "json",
+         "--progress-file", str(progress)],
+        stdout=subprocess.PIPE, stderr=(tmp_path / "train.log").open("w"), text=True,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )  # fmt: skip
+    wait_for(lambda: commits_so_far(progress) >= 10 or proc.poll() is not None, 300, "the first commits")
+    assert proc.poll() is None, "the run ended before a worker could be killed"
+    kill_busiest_worker(os.getpid())  # the executors' Python workers descend from the cluster's Workers
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (tmp_path / "train.log").read_text()[-3000:]
+    report = json.loads(out)
+    assert report["retried_workers"] and report["samples"] == 4 * 80_000
+    assert report["test_accuracy"] > 0.5
