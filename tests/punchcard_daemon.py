@@ -8,16 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from distkeras_plus.punchcard import users
 from distkeras_plus.punchcard.store import Store
 
 TESTS = Path(__file__).resolve().parent
 FINAL = {"succeeded", "failed", "cancelled"}
+_STARTED: list[Daemon] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_daemons() -> Iterator[None]:
+    """Imported by each punchcard test module: daemons a test started go when it ends, pass or fail."""
+    before = len(_STARTED)
+    yield
+    while len(_STARTED) > before:
+        _STARTED.pop().stop()
 
 
 def stub_python(folder: Path) -> Path:
@@ -59,6 +71,7 @@ class Daemon:
                 text=True,
                 env={**os.environ, **(env or {})},
             )
+        _STARTED.append(self)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line, self.log.read_text()
@@ -83,7 +96,11 @@ class Daemon:
         """SIGTERM, as an operator (or systemd) stops it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up."""

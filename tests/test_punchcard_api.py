@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from punchcard_daemon import FINAL, Daemon, stub_python, submit, wait_for
+from punchcard_daemon import (
+    FINAL,
+    Daemon,
+    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
+    stub_python,
+    submit,
+    wait_for,
+)
 
 from distkeras_plus.punchcard import procs
 
@@ -388,6 +395,7 @@ def test_upload_names_are_never_paths(world: dict[str, Any], model_file: Path, t
             assert json.loads((folder / "spec.json").read_text())["name"] == name
     assert not (state.parent / "evil.keras").exists() and not Path("/tmp/evil.keras").exists()
     assert sorted(p.name for p in state.iterdir() if not p.name.startswith("punchcard.db")) == [
+        "daemon.lock",
         "jobs",
         "modelcheck.log",
     ]

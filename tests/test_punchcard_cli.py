@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from punchcard_daemon import Daemon, stub_python
+from punchcard_daemon import (
+    Daemon,
+    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
+    stub_python,
+)
 
 from distkeras_plus.cli import main
 

@@ -10,7 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from punchcard_daemon import Daemon, stub_python, submit, wait_for
+from punchcard_daemon import (
+    Daemon,
+    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
+    stub_python,
+    submit,
+    wait_for,
+)
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")

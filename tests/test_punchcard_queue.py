@@ -15,7 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from punchcard_daemon import Daemon, stub_python, submit, wait_for
+from punchcard_daemon import (
+    Daemon,
+    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
+    stub_python,
+    submit,
+    wait_for,
+)
 
 from distkeras_plus.punchcard import procs
 

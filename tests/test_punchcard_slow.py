@@ -8,7 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from punchcard_daemon import Daemon, submit, wait_for
+from punchcard_daemon import (
+    Daemon,
+    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
+    submit,
+    wait_for,
+)
 
 from distkeras_plus.punchcard import procs
 

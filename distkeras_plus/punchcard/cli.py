@@ -436,7 +436,11 @@ def _progress(job: dict[str, Any]) -> str:
         return f"accuracy {job['result'].get('test_accuracy', float('nan')):.4f}"
     p = job.get("progress") or {}
     if job["state"] == "running":
-        parts = [f"{k} {p[k]}" for k in ("samples", "commits", "loss") if k in p]
+        parts = [
+            f"{k} {p[k]:.4g}" if k == "loss" else f"{k} {p[k]}"
+            for k in ("samples", "commits", "loss")
+            if p.get(k) is not None
+        ]
         return ", ".join(parts) or "starting"
     return job.get("reason") or ""
 
