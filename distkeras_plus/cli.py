@@ -132,7 +132,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
     "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Number of workers."
 )
 @click.option("--master", default=None, help="Spark master URL (default: local[WORKERS]).")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--worker-optimizer", default=None, help="Keras optimizer for the workers (default: the plugin's)."

@@ -374,6 +374,8 @@ def train(
             if checkpointer is not None:
                 checkpointer.write(server, epochs)
             model.set_weights(FlatWeights(flat.layout, server.centre.to_numpy()).views)
+        if progress is not None:
+            progress(progress_of(ps_stats, seconds))  # the last word, however short the run
         if spec.combine is not None:
             model = spec.combine(model, [r["result"] for r in sorted(rows, key=lambda r: r["worker"])])
     finally:

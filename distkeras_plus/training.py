@@ -33,7 +33,7 @@ class TrainJob:
     metrics: Sequence[str] = ("accuracy",)
     workers: int = 2
     master: str | None = None
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 32
     worker_optimizer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)

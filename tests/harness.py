@@ -47,6 +47,9 @@ class Recorder:
             )
         return clock, staleness
 
+    def set_progress(self, samples: int, loss: float = float("nan")) -> None:
+        self.client.set_progress(samples, loss)
+
     def flush(self) -> tuple[int, int] | None:
         return self.client.flush()
 

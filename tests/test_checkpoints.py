@@ -54,7 +54,10 @@ def test_no_usable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoints in"):
         Folder(str(tmp_path)).latest()
     (tmp_path / "ckpt-000000000001.dkc").write_bytes(b"DKCK nonsense")
-    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=r"every checkpoint in .* is damaged"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(CheckpointError, match=r"every checkpoint in .* is damaged"),
+    ):
         Folder(str(tmp_path)).latest()
     data = encode(3, values(4, 1), {})
     with pytest.raises(CheckpointError, match="checksum"):

@@ -202,7 +202,7 @@ def test_dk_train_json_as_a_subprocess_with_progress_on_a_terminal(tmp_path: Pat
         stdout=subprocess.PIPE,
         stderr=follower,
         cwd=tmp_path,
-        env={**os.environ, "DK_EPOCHS": "10"},
+        env={**os.environ, "DK_WORKERS": "2"},
     )
     os.close(follower)
     terminal = b""
@@ -221,7 +221,7 @@ def test_dk_train_json_as_a_subprocess_with_progress_on_a_terminal(tmp_path: Pat
     for key in ("plugin", "options", "workers", "epochs", "samples", "seconds", "test_accuracy", "test_loss",
                 "commits", "bytes_sent", "bytes_received", "model_path"):  # fmt: skip
         assert key in report
-    assert report["epochs"] == 10 and report["workers"] == 2 and report["options"] == {"window": 12}
+    assert report["epochs"] == 20 and report["workers"] == 2 and report["options"] == {"window": 12}
     assert report["test_accuracy"] >= 0.95  # the target with the defaults
     assert report["commits"] > 0 and report["bytes_received"] > 0 and report["bytes_sent"] > 0
     assert "commits" in terminal.decode(errors="replace") and b"\r" in terminal

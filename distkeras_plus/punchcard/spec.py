@@ -41,7 +41,7 @@ class JobSpec(BaseModel):
     test_data: str | None = Field(None, min_length=1, max_length=4096, description="A test set, like data.")
     features: Column = "features"
     label: Column = "label"
-    epochs: int = Field(10, ge=1, le=10_000)
+    epochs: int = Field(20, ge=1, le=10_000)
     workers: int = Field(2, ge=1, le=1024)
     batch_size: int = Field(32, ge=1, le=1 << 20)
     codec: CodecName | None = None
