@@ -56,6 +56,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
+                    "-P",  # the installed package, not the checkout's (which has no compiled core)
                     "-m",
                     "distkeras_plus",
                     "punchcard",

@@ -19,10 +19,10 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    assert argv[:3] == ["-m", "distkeras_plus", "train"], argv
+    assert argv[:4] == ["-P", "-m", "distkeras_plus", "train"], argv
     options: dict[str, str] = {}
     opts: list[str] = []
-    for arg in argv[3:]:
+    for arg in argv[4:]:
         assert arg.startswith("--") and "=" in arg, f"not --key=value: {arg!r}"
         key, _, value = arg[2:].partition("=")
         if key == "opt":

@@ -135,6 +135,7 @@ def test_one_daemon_per_state_folder(tmp_path: Path) -> None:
         second = subprocess.run(
             [
                 sys.executable,
+                "-P",
                 "-m",
                 "distkeras_plus",
                 "punchcard",

@@ -104,7 +104,7 @@ class ModelChecker:
             return self._proc
         with self._log.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - a fixed argument list
-                [self._python, "-m", "distkeras_plus.punchcard.modelcheck"],
+                [self._python, "-P", "-m", "distkeras_plus.punchcard.modelcheck"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,

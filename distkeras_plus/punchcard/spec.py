@@ -128,6 +128,7 @@ def train_args(spec: JobSpec, job_dir: Path, model: Path, master: str | None, py
     Every value goes as `--option=value`, so none can be read as another option."""
     args = [
         python,
+        "-P",  # never the current folder's distkeras_plus (a source checkout has no compiled core)
         "-m",
         "distkeras_plus",
         "train",
