@@ -53,7 +53,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy over the package, tests and benchmarks; stubtest checks `_core.pyi` against the module."""
     session.install("--no-deps", ".", "./plugins")
-    session.install("numpy", "click", "pluggy", "mypy", "pytest", "hypothesis")
+    session.install("numpy", "click", "pluggy", "pyspark>=4.0,<5", "mypy", "pytest", "hypothesis")
     # Punchcard's daemon and client, and its page test, are typed against these.
     session.install("fastapi", "uvicorn", "httpx", "pydantic", "selenium")
     session.run("mypy")
