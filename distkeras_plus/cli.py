@@ -301,6 +301,16 @@ MASTER = click.option("--master", default=None, help="Spark master URL (default:
 WORKERS = click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 
 
+def _session_and_model(workers: int, master: str | None, model: str) -> tuple[Any, Any]:
+    """A quiet Spark session and the model at `model` (a local path or a URI)."""
+    from distkeras_plus.engine import local_session
+    from distkeras_plus.storage import load_model_file
+
+    spark = local_session(workers, master)
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark, load_model_file(model, spark)
+
+
 @main.command("predict")
 @MODEL
 @DATA
@@ -335,14 +345,10 @@ def predict_command(
 ) -> None:
     """Predict every row of --data on Spark and write it, with the predictions, as Parquet."""
     from distkeras_plus.data import read
-    from distkeras_plus.engine import local_session
     from distkeras_plus.predict import predict
-    from distkeras_plus.storage import load_model_file
 
     try:
-        spark = local_session(workers, master)
-        spark.sparkContext.setLogLevel("ERROR")
-        keras_model = load_model_file(model, spark)
+        spark, keras_model = _session_and_model(workers, master, model)
         df = read(spark, data, features, label, optional_label=True)
         predicted = predict(
             df,
@@ -388,14 +394,10 @@ def evaluate_command(
 ) -> None:
     """Loss, accuracy and per-class precision, recall and F1 of a model on --data, computed on Spark."""
     from distkeras_plus.data import read
-    from distkeras_plus.engine import local_session
     from distkeras_plus.predict import evaluate
-    from distkeras_plus.storage import load_model_file
 
     try:
-        spark = local_session(workers, master)
-        spark.sparkContext.setLogLevel("ERROR")
-        keras_model = load_model_file(model, spark)
+        spark, keras_model = _session_and_model(workers, master, model)
         df = read(spark, data, features, label)
         scores = evaluate(
             df, keras_model, features_col=features, label_col=label, loss=loss, batch_size=batch_size

@@ -195,17 +195,17 @@ def evaluate(
         loss_col="__dk_loss",
         batch_size=batch_size,
     )
-    truth = _label_index(label_col, fields[label_col])
+    truth = label_index(label_col, fields[label_col])
     counts = (
         predicted.select(truth.alias("t"), F.col("__dk_prediction").alias("p"), F.col("__dk_loss").alias("l"))
         .groupBy("t", "p")
         .agg(F.count(F.lit(1)).alias("n"), F.sum("l").alias("l"))
         .collect()
     )
-    return _from_confusion([(int(r["t"]), int(r["p"]), int(r["n"]), float(r["l"])) for r in counts])
+    return from_confusion([(int(r["t"]), int(r["p"]), int(r["n"]), float(r["l"])) for r in counts])
 
 
-def _label_index(label_col: str, dtype: Any) -> Any:
+def label_index(label_col: str, dtype: Any) -> Any:
     """The true class as an index, whether the label is an index, a one-hot array or a vector."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
@@ -219,11 +219,11 @@ def _label_index(label_col: str, dtype: Any) -> Any:
     return (F.array_position(arr, F.array_max(arr)) - 1).cast("int")
 
 
-def _from_confusion(cells: list[tuple[int, int, int, float]]) -> Evaluation:
+def from_confusion(cells: list[tuple[int, int, int, float]]) -> Evaluation:
     """Metrics from (true, predicted, count, loss sum) cells of the confusion matrix."""
     samples = sum(n for _, _, n, _ in cells)
     if samples == 0:
-        raise DataError("the evaluation data is empty")
+        raise DataError("cannot evaluate empty data")
     correct = sum(n for t, p, n, _ in cells if t == p)
     loss = sum(cell[3] for cell in cells) / samples
     labels = sorted({t for t, *_ in cells} | {p for _, p, *_ in cells})

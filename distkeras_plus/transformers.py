@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from distkeras_plus.data import DataError
-from distkeras_plus.predict import _label_index, predict
+from distkeras_plus.predict import from_confusion, label_index, predict
 
 
 def _column(df: DataFrame, name: str) -> tuple[Column, T.DataType]:
@@ -302,7 +302,7 @@ class _LabelledEvaluator(Evaluator):
         for name in (self.predictionCol, self.labelCol):
             if name not in fields:
                 raise DataError(f"no column {name!r}; the data has columns: {', '.join(fields)}")
-        truth = _label_index(self.labelCol, fields[self.labelCol])
+        truth = label_index(self.labelCol, fields[self.labelCol])
         return dataset.select(truth.alias("t"), F.col(self.predictionCol).cast("int").alias("p"))
 
     def isLargerBetter(self) -> bool:
@@ -324,15 +324,7 @@ class F1Evaluator(_LabelledEvaluator):
 
     def _evaluate(self, dataset: DataFrame) -> float:
         cells = self._pairs(dataset).groupBy("t", "p").count().collect()
-        if not cells:
-            raise DataError("cannot evaluate empty data")
-        f1s = []
-        for c in sorted({r["t"] for r in cells} | {r["p"] for r in cells}):
-            tp = sum(r["count"] for r in cells if r["t"] == c and r["p"] == c)
-            predicted = sum(r["count"] for r in cells if r["p"] == c)
-            actual = sum(r["count"] for r in cells if r["t"] == c)
-            f1s.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
-        return sum(f1s) / len(f1s)
+        return from_confusion([(r["t"], r["p"], r["count"], 0.0) for r in cells]).macro_f1
 
 
 class LossEvaluator(Evaluator):

@@ -75,6 +75,20 @@ struct RoundState {
     added: u32,
 }
 
+impl SyncRounds {
+    /// Drops the current round: its sum is cleared and its waiters learn it will not complete.
+    /// The caller holds the state lock and has seen every joined contribution fully added.
+    fn abandon(&self, st: &mut RoundState) {
+        for sum in &self.sum {
+            sum.lock().fill(0.0);
+        }
+        st.joined.clear();
+        st.added = 0;
+        st.generation += 1;
+        self.done.notify_all();
+    }
+}
+
 fn split(values: &[f32]) -> Vec<Vec<f32>> {
     values.chunks(SHARD_LEN).map(<[f32]>::to_vec).collect()
 }
@@ -143,13 +157,7 @@ impl Centre {
         while (st.added as usize) < st.joined.len() {
             rounds.done.wait_for(&mut st, Duration::from_millis(10));
         }
-        for sum in &rounds.sum {
-            sum.lock().fill(0.0);
-        }
-        st.joined.clear();
-        st.added = 0;
-        st.generation += 1;
-        rounds.done.notify_all();
+        rounds.abandon(&mut st);
         true
     }
 
@@ -334,13 +342,7 @@ impl Centre {
                     .is_some_and(|limit| started.elapsed() >= limit);
                 // Only once no contribution is half-added can the round's sum be cleared.
                 if overdue && st.added as usize == st.joined.len() {
-                    for sum in &rounds.sum {
-                        sum.lock().fill(0.0);
-                    }
-                    st.joined.clear();
-                    st.added = 0;
-                    st.generation += 1;
-                    rounds.done.notify_all();
+                    rounds.abandon(&mut st);
                     return Err(self.abandoned(my_round));
                 }
                 rounds.done.wait_for(&mut st, Duration::from_millis(100));
