@@ -159,6 +159,7 @@ def _worker_task(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
         client=client,
         all_gather=all_gather,
         start_clock=cfg.start_clock,
+        resume_samples=client.resume_samples if client is not None else 0,
     )
     try:
         spec.worker(ctx)

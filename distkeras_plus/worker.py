@@ -58,6 +58,7 @@ class WorkerContext:
     client: Client | None = None
     all_gather: Callable[[str], list[str]] | None = None
     start_clock: int = 0  # the centre's clock when the run started
+    resume_samples: int = 0  # what an earlier attempt of this task committed: not trained again
     result: bytes | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     compute_seconds: float = 0.0
@@ -70,6 +71,7 @@ class WorkerContext:
     _last_logs: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.samples = self.resume_samples
         layout = Layout([list(w.shape) for w in self.model.get_weights()])
         self.centre = FlatWeights(layout)  # the centre as last received
         self.local = FlatWeights(layout)  # the model's own weights, flattened
@@ -171,10 +173,15 @@ class WorkerContext:
 
 def train_in_windows(ctx: WorkerContext, window: int, exchange: Callable[[int], None]) -> None:
     """Trains every batch of every epoch, calling `exchange(steps)` after each `window` local
-    steps and once more for a last, partial window."""
+    steps and once more for a last, partial window. A retried task skips the batches its earlier
+    attempt had committed."""
     steps = 0
+    skip = ctx.resume_samples  # the batches come in the same order on every attempt
     for epoch in range(ctx.epochs):
         for x, y in ctx.batches(epoch):
+            if skip > 0:
+                skip -= len(x)
+                continue
             ctx.train(x, y)
             steps += 1
             if steps == window:

@@ -4,6 +4,7 @@ installed PySpark on 127.0.0.1, driven by the `dk` command (slow; CI runs it).""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -115,4 +116,5 @@ def test_a_killed_worker_on_the_cluster_is_retried(cluster: str, tmp_path: Path)
     assert proc.returncode == 0, (tmp_path / "train.log").read_text()[-3000:]
     report = json.loads(out)
     assert report["retried_workers"] and report["samples"] == 4 * 80_000
+    assert report["commits"] == 2 * math.ceil(4 * 1250 / 12)  # no work committed twice
     assert report["test_accuracy"] > 0.5

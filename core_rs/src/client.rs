@@ -47,6 +47,7 @@ pub struct Client {
     num_params: usize,
     replies_with_vector: bool,
     rule_code: u8,
+    resume_samples: u64,
     seq: u64,
     last_pull_clock: u64,
     progress: p::Progress,
@@ -128,6 +129,7 @@ impl Client {
             num_params: layout.num_params(),
             replies_with_vector: false,
             rule_code: 0,
+            resume_samples: 0,
             seq: 0,
             last_pull_clock: 0,
             progress: p::Progress::default(),
@@ -173,6 +175,7 @@ impl Client {
             )));
         }
         self.rule_code = welcome.rule_code;
+        self.resume_samples = welcome.resume_samples;
         self.replies_with_vector = matches!(welcome.rule_code, ELASTIC_CODE | SYNC_CODE);
         if self.commit_codec.lossy() && welcome.rule_code != ELASTIC_CODE {
             self.feedback = Some(Feedback::default());
@@ -193,6 +196,10 @@ impl Client {
     }
     pub fn rule_code(&self) -> u8 {
         self.rule_code
+    }
+    /// Samples this worker's earlier attempts had committed (see `protocol::Welcome`).
+    pub fn resume_samples(&self) -> u64 {
+        self.resume_samples
     }
     pub fn last_pull_clock(&self) -> u64 {
         self.last_pull_clock

@@ -296,9 +296,12 @@ pub struct Welcome {
     pub num_params: u64,
     pub clock: u64,
     pub rule_code: u8,
+    /// Samples this worker's earlier attempts reported with their last applied commit: a retried
+    /// task continues after them rather than training its partition again.
+    pub resume_samples: u64,
 }
 
-pub const WELCOME_LEN: u64 = MAC_LEN as u64 + 8 + 8 + 8;
+pub const WELCOME_LEN: u64 = MAC_LEN as u64 + 8 + 8 + 8 + 8;
 
 impl Welcome {
     pub fn encode(&self) -> Vec<u8> {
@@ -307,6 +310,7 @@ impl Welcome {
         out.extend_from_slice(&self.num_params.to_le_bytes());
         out.extend_from_slice(&self.clock.to_le_bytes());
         out.extend_from_slice(&[self.rule_code, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&self.resume_samples.to_le_bytes());
         out
     }
     pub fn decode(payload: &[u8]) -> Result<Welcome> {
@@ -316,6 +320,7 @@ impl Welcome {
             num_params: f.u64()?,
             clock: f.u64()?,
             rule_code: f.array::<8>()?[0],
+            resume_samples: f.u64()?,
         };
         f.finish()?;
         Ok(w)

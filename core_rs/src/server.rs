@@ -352,6 +352,7 @@ impl<'a> Session<'a> {
             num_params: shared.centre.len() as u64,
             clock: shared.centre.clock(),
             rule_code: shared.centre.rule().code(),
+            resume_samples: shared.counters.worker_samples(hello.worker_id),
         };
         self.send(Op::Welcome, &welcome.encode(), &[])?;
         // Authenticated: from here on a worker may think for as long as the idle timeout allows.

@@ -101,6 +101,11 @@ impl Counters {
         w.loss = progress.loss;
     }
 
+    /// The samples `worker` reported with its last applied commit (0 if none).
+    pub fn worker_samples(&self, worker: u32) -> u64 {
+        self.workers.lock().get(&worker).map_or(0, |w| w.samples)
+    }
+
     pub fn snapshot(&self, clock: u64) -> Snapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {

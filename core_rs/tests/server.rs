@@ -266,8 +266,15 @@ fn connect_attempt(
 fn a_retried_attempt_supersedes_the_old_one() {
     let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
     let mut old = connect_attempt(&server, &layout, 3, 0).unwrap();
+    assert_eq!(old.resume_samples(), 0);
+    old.set_progress(p::Progress {
+        samples: 96,
+        loss: 0.5,
+    });
     old.commit(&[1.0; 4], None).unwrap();
     let mut new = connect_attempt(&server, &layout, 3, 1).unwrap();
+    // The retry learns how far the old attempt's applied commits went.
+    assert_eq!(new.resume_samples(), 96);
     // The new attempt starts its own sequence; the old one may no longer commit or connect.
     assert_eq!(new.commit(&[1.0; 4], None).unwrap().clock, 2);
     let err = old.commit(&[1.0; 4], None).unwrap_err();

@@ -443,6 +443,11 @@ impl PyClient {
     fn worker_id(&self) -> PyResult<u32> {
         Ok(self.get()?.worker_id())
     }
+    /// Samples this worker's earlier attempts had committed: where a retried task goes on from.
+    #[getter]
+    fn resume_samples(&self) -> PyResult<u64> {
+        Ok(self.get()?.resume_samples())
+    }
     #[getter]
     fn last_pull_clock(&self) -> PyResult<u64> {
         Ok(self.get()?.last_pull_clock())
