@@ -16,6 +16,7 @@ import click
 
 from distkeras_plus import __version__
 from distkeras_plus._core import DkError
+from distkeras_plus.cli_options import OUTPUT_FORMAT, UserError
 from distkeras_plus.ps import (
     flat_weights,
     key_values,
@@ -26,28 +27,13 @@ from distkeras_plus.ps import (
     start_server,
     write_secret,
 )
-
-
-class UserError(click.ClickException):
-    """A problem the user can fix: one line on stderr, exit status 2."""
-
-    exit_code = 2
+from distkeras_plus.punchcard.cli import jobs, punchcard, submit
 
 
 class InternalError(click.ClickException):
     """A failure the user did not cause: one line, exit status 1."""
 
     exit_code = 1
-
-
-OUTPUT_FORMAT = click.option(
-    "--output-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    envvar="DK_OUTPUT_FORMAT",
-    help="Human-readable text or one JSON object per line.",
-)
 
 
 SUITE = click.option(
@@ -709,9 +695,6 @@ def _benchmarks(suite: Path | None, name: str) -> Any:
         "benchmarks live in the source checkout: run dk bench from it, or pass --suite PATH/benchmarks"
     )
 
-
-# Punchcard, the job daemon, and its client (at the end: it imports nothing from here).
-from distkeras_plus.punchcard.cli import jobs, punchcard, submit  # noqa: E402
 
 main.add_command(punchcard)
 main.add_command(submit)

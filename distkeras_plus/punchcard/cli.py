@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from distkeras_plus.cli_options import OUTPUT_FORMAT, UserError
 from distkeras_plus.punchcard import DEFAULT_PORT, DEFAULT_SERVER
 from distkeras_plus.punchcard.store import FINAL
 
@@ -28,12 +29,6 @@ if TYPE_CHECKING:
     from distkeras_plus.punchcard.client import PunchcardClient
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class UserError(click.ClickException):
-    """One line on stderr, exit status 2 (as `dk`'s own UserError)."""
-
-    exit_code = 2
 
 
 def default_state_dir() -> Path:
@@ -49,17 +44,6 @@ def _state_dir(f: F) -> F:
         show_default="$XDG_STATE_HOME/distkeras-plus/punchcard",
         envvar="DK_PUNCHCARD_STATE_DIR",
         help="Where the job store, uploads, logs and results live.",
-    )(f)
-
-
-def _output_format(f: F) -> F:
-    return click.option(
-        "--output-format",
-        type=click.Choice(["text", "json"]),
-        default="text",
-        show_default=True,
-        envvar="DK_OUTPUT_FORMAT",
-        help="Human-readable text or JSON.",
     )(f)
 
 
@@ -150,7 +134,7 @@ def punchcard() -> None:
     help="The Python that runs jobs (`PYTHON -m distkeras_plus train ...`), e.g. another installation's.",
 )
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
-@_output_format
+@OUTPUT_FORMAT
 def serve(
     host: str,
     port: int,
@@ -289,7 +273,7 @@ def _remove_strays(jobs_dir: Path, known: set[str]) -> None:
 @punchcard.command("add-user")
 @click.argument("name")
 @_state_dir
-@_output_format
+@OUTPUT_FORMAT
 def add_user(name: str, state_dir: Path, output_format: str) -> None:
     """Create a user and print their token, once: only its hash is kept."""
     from distkeras_plus.punchcard import users
@@ -325,7 +309,7 @@ def remove_user(name: str, state_dir: Path) -> None:
 
 @punchcard.command("list-users")
 @_state_dir
-@_output_format
+@OUTPUT_FORMAT
 def list_users(state_dir: Path, output_format: str) -> None:
     """The users and how many jobs each has submitted."""
     store = _store(state_dir)
@@ -357,7 +341,7 @@ def list_users(state_dir: Path, output_format: str) -> None:
     "--follow", is_flag=True, help="Then print the job's log until it ends; exit 1 unless it succeeds."
 )
 @_connection
-@_output_format
+@OUTPUT_FORMAT
 def submit(
     spec_file: Path, model: Path, follow: bool, server: str, token: str | None, output_format: str
 ) -> None:
@@ -414,7 +398,7 @@ def jobs() -> None:
 @jobs.command("list")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
 @_connection
-@_output_format
+@OUTPUT_FORMAT
 def jobs_list(state: str | None, server: str, token: str | None, output_format: str) -> None:
     """Your jobs, newest first."""
     with _client(server, token) as client:
@@ -448,7 +432,7 @@ def _progress(job: dict[str, Any]) -> str:
 @jobs.command("status")
 @click.argument("job_id", metavar="ID")
 @_connection
-@_output_format
+@OUTPUT_FORMAT
 def jobs_status(job_id: str, server: str, token: str | None, output_format: str) -> None:
     """A job's state, progress, timings and result."""
     with _client(server, token) as client:
@@ -488,7 +472,7 @@ def jobs_logs(job_id: str, follow: bool, server: str, token: str | None) -> None
 @click.argument("job_id", metavar="ID")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it has stopped.")
 @_connection
-@_output_format
+@OUTPUT_FORMAT
 def jobs_cancel(job_id: str, wait: bool, server: str, token: str | None, output_format: str) -> None:
     """Cancel a queued or running job (a running one is stopped with all its processes)."""
     with _client(server, token) as client:
