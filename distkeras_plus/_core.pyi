@@ -11,14 +11,23 @@ _F32: TypeAlias = npt.NDArray[np.float32]
 
 __all__ = [
     "CODECS",
+    "CODEC_SYNTAX",
+    "ELASTIC_CODECS",
+    "MIN_SECRET_LEN",
     "PROTOCOL_VERSION",
+    "PULL_CODECS",
     "RULES",
+    "RULE_PARAMS",
+    "RULE_SYNTAX",
+    "STATS_FIELDS",
+    "WORKER_STATS_FIELDS",
     "AuthenticationError",
     "Centre",
     "Client",
     "Codec",
     "CommitRejectedError",
     "DkError",
+    "InvalidArgumentError",
     "Layout",
     "LayoutMismatchError",
     "ParameterServer",
@@ -26,11 +35,34 @@ __all__ = [
     "ServerClosedError",
 ]
 
-RULES: Final[str]
-CODECS: Final[str]
+#: The update-rule names: add, dynsgd, adaptive, elastic, sync.
+RULES: Final[tuple[str, ...]]
+#: Each rule's parameter names, by rule name.
+RULE_PARAMS: Final[dict[str, tuple[str, ...]]]
+#: The rules with their parameters and defaults: "add(scale=1), dynsgd, ...".
+RULE_SYNTAX: Final[str]
+#: The codec families: none, fp16, bf16, int8, topk.
+CODECS: Final[tuple[str, ...]]
+#: How a codec is named: "none, fp16, bf16, int8, int8:stochastic, topk:RATIO (0 < RATIO <= 1)".
+CODEC_SYNTAX: Final[str]
+#: The families that may serve pulls.
+PULL_CODECS: Final[tuple[str, ...]]
+#: The families that may carry elastic commits (weights).
+ELASTIC_CODECS: Final[tuple[str, ...]]
+#: The shortest run secret a server accepts, in bytes.
+MIN_SECRET_LEN: Final[int]
+#: The server-level keys of `ParameterServer.stats()`, in order (it adds "workers" after them).
+STATS_FIELDS: Final[tuple[str, ...]]
+#: The keys of each worker's entry in `ParameterServer.stats()["workers"]`, in order.
+WORKER_STATS_FIELDS: Final[tuple[str, ...]]
 PROTOCOL_VERSION: Final[int]
 
-class DkError(Exception): ...
+class DkError(Exception):
+    """The base class of every error a user can fix."""
+
+class InvalidArgumentError(DkError, ValueError):
+    """A caller passed something unusable (a bad rule name, a buffer of the wrong size, ...)."""
+
 class AuthenticationError(DkError): ...
 class LayoutMismatchError(DkError): ...
 class ProtocolError(DkError): ...
@@ -172,7 +204,13 @@ class Codec:
     @property
     def name(self) -> str: ...
     @property
+    def kind(self) -> str: ...
+    @property
     def lossy(self) -> bool: ...
+    @property
+    def pull_capable(self) -> bool: ...
+    @property
+    def elastic_capable(self) -> bool: ...
     def max_encoded_len(self, num_values: int) -> int: ...
     def encode(self, values: _F32, seed: int = 0) -> bytes: ...
     def decode(self, data: bytes, out: _F32) -> None: ...

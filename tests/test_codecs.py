@@ -7,9 +7,18 @@ import struct
 import numpy as np
 import pytest
 from helpers import address
-from wire import OPS, RawWorker, codecs, error_of, read_frame
+from wire import OPS, VERSION, RawWorker, codecs, error_of, read_frame
 
-from distkeras_plus import Centre, Client, Codec, CommitRejectedError, Layout, ParameterServer, ProtocolError
+from distkeras_plus import (
+    Centre,
+    Client,
+    Codec,
+    CommitRejectedError,
+    Layout,
+    ParameterServer,
+    ProtocolError,
+    _core,
+)
 
 N = 4096
 
@@ -152,7 +161,7 @@ def test_unknown_commit_flags_close_the_connection(zero_server: ParameterServer,
     w = RawWorker(zero_server.port)
     assert w.hello(secret, [[N]], codecs=codecs(1))[0] == OPS["welcome"]
     body = struct.pack("<IIQQQfI", 0, 2, 1, 0, 0, 0.0, 0) + bytes(2 * N)
-    w.send(struct.pack("<4sBBHQ", b"DKPS", 2, OPS["commit"], 0, len(body)) + body)
+    w.send(struct.pack("<4sBBHQ", b"DKPS", VERSION, OPS["commit"], 0, len(body)) + body)
     assert "flags" in error_of(*read_frame(w.sock))[1]
     assert w.closed_by_server()
     assert np.all(zero_server.centre.to_numpy() == 0.0)
@@ -170,3 +179,39 @@ def test_codec_objects() -> None:
         assert np.isfinite(out).all()
     with pytest.raises(CommitRejectedError):
         Codec("int8").decode(b"\x00" * 10, np.empty(N, np.float32))
+
+
+def connects(
+    server: ParameterServer, secret: bytes, worker: int, codec: str = "none", pull_codec: str = "none"
+) -> bool:
+    try:
+        Client(address(server), secret, Layout.flat(N), worker, codec=codec, pull_codec=pull_codec).close()
+    except (ProtocolError, CommitRejectedError):  # a hello has no ratio for a pull codec: topk is rejected
+        return False
+    return True
+
+
+def test_codec_vocabulary_comes_from_the_core(secret: bytes) -> None:
+    assert _core.CODECS == ("none", "fp16", "bf16", "int8", "topk")
+    assert _core.PULL_CODECS == ("none", "fp16", "bf16")
+    assert _core.ELASTIC_CODECS == ("none", "fp16", "bf16")
+    assert _core.CODEC_SYNTAX == "none, fp16, bf16, int8, int8:stochastic, topk:RATIO (0 < RATIO <= 1)"
+    for name in ("none", "fp16", "bf16", "int8", "int8:stochastic", "topk:0.1"):
+        codec = Codec(name)
+        assert codec.kind == name.split(":")[0] and codec.kind in _core.CODECS
+        assert codec.pull_capable == (codec.kind in _core.PULL_CODECS)
+        assert codec.elastic_capable == (codec.kind in _core.ELASTIC_CODECS)
+    # What the server lets pulls and elastic commits use is what the lists say.
+    specs = {"none": "none", "fp16": "fp16", "bf16": "bf16", "int8": "int8", "topk": "topk:0.5"}
+    elastic_centre = Centre(np.zeros(N, np.float32), "elastic", {"alpha": 0.5})
+    with (
+        ParameterServer(Centre(np.zeros(N, np.float32)), Layout.flat(N), secret) as plain,
+        ParameterServer(elastic_centre, Layout.flat(N), secret) as elastic,
+    ):
+        for worker, (kind, spec) in enumerate(specs.items()):
+            assert connects(plain, secret, worker, pull_codec=spec) == (kind in _core.PULL_CODECS), kind
+            assert connects(elastic, secret, worker, codec=spec) == (kind in _core.ELASTIC_CODECS), kind
+    with pytest.raises(_core.InvalidArgumentError, match="codec families: none, fp16, bf16, int8, topk"):
+        ParameterServer(Centre(np.zeros(N, np.float32)), Layout.flat(N), secret, codecs=["zip"])
+    with pytest.raises(_core.InvalidArgumentError, match="unknown codec"):
+        Codec("zip")

@@ -11,15 +11,18 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from helpers import address
+from wire import OPS, STATS_REPLY, RawWorker, frame, read_frame, stats_of
 
 from distkeras_plus import (
     AuthenticationError,
     Centre,
     Client,
+    DkError,
     Layout,
     LayoutMismatchError,
     ParameterServer,
     ServerClosedError,
+    _core,
 )
 
 N = 1000
@@ -135,6 +138,85 @@ def test_client_errors_are_typed(server: ParameterServer, secret: bytes) -> None
         with pytest.raises(ValueError, match="contiguous"):
             c.pull(np.zeros(2 * N, np.float32)[::2])
     assert np.all(server.centre.to_numpy() == 1.0)
+
+
+def test_argument_errors_are_dk_errors_and_value_errors(server: ParameterServer, secret: bytes) -> None:
+    assert issubclass(_core.InvalidArgumentError, DkError)
+    assert issubclass(_core.InvalidArgumentError, ValueError)
+    assert _core.InvalidArgumentError.__module__ == "distkeras_plus._core"
+    attempts: list[Callable[[], object]] = [
+        lambda: Centre(np.zeros(4, np.float32), "nesterov"),  # the core refuses it
+        lambda: Centre(np.zeros(4, np.float32), round_timeout=0.0),  # the Python layer refuses it
+        lambda: Layout.flat(4).flatten_into([np.zeros(4, np.float32)], np.zeros(5, np.float32)),
+        lambda: Client(address(server), secret, Layout.flat(N), 0, connect_timeout=-1.0),
+        lambda: ParameterServer(Centre(np.zeros(4, np.float32)), Layout.flat(4), b"short"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(_core.InvalidArgumentError):
+            attempt()
+    with Client(address(server), secret, Layout.flat(N), 0) as c:
+        with pytest.raises(_core.InvalidArgumentError, match="contiguous"):
+            c.pull(np.zeros(2 * N, np.float32)[::2])
+
+
+def test_vocabulary_comes_from_the_core() -> None:
+    assert _core.RULES == ("add", "dynsgd", "adaptive", "elastic", "sync")
+    assert _core.RULE_PARAMS == {
+        "add": ("scale",),
+        "dynsgd": (),
+        "adaptive": ("gamma",),
+        "elastic": ("alpha",),
+        "sync": ("workers", "scale"),
+    }
+    assert _core.RULE_SYNTAX.startswith("add(scale=1), dynsgd, adaptive(gamma=1e-4)")
+    assert _core.MIN_SECRET_LEN == 16
+    assert _core.PROTOCOL_VERSION == 3
+    required = {"elastic": {"alpha": 0.5}, "sync": {"workers": 1.0}}
+    for rule in _core.RULES:
+        centre = Centre(np.zeros(2, np.float32), rule, required.get(rule))
+        assert centre.rule == rule and tuple(centre.rule_params) == _core.RULE_PARAMS[rule]
+    short = b"k" * (_core.MIN_SECRET_LEN - 1)
+    with pytest.raises(ValueError, match=f"{_core.MIN_SECRET_LEN} bytes"):
+        ParameterServer(Centre(np.zeros(2, np.float32)), Layout.flat(2), short)
+    ParameterServer(Centre(np.zeros(2, np.float32)), Layout.flat(2), short + b"k").stop()
+
+
+def test_stats_follow_the_schema(server: ParameterServer, secret: bytes) -> None:
+    assert _core.STATS_FIELDS == STATS_REPLY  # as docs/protocol.md writes the stats reply
+    assert _core.WORKER_STATS_FIELDS == (
+        "connected",
+        "commits",
+        "pulls",
+        "last_staleness",
+        "max_staleness",
+        "mean_staleness",
+        "samples",
+        "loss",
+    )
+    with Client(address(server), secret, Layout.flat(N), worker_id=5) as c:
+        c.commit(np.ones(N, np.float32))
+        remote = c.stats()
+        local = server.stats()
+    assert tuple(remote) == _core.STATS_FIELDS
+    assert tuple(local) == (*_core.STATS_FIELDS, "workers")
+    assert tuple(local["workers"][5]) == _core.WORKER_STATS_FIELDS
+    assert {k: v for k, v in remote.items() if k != "bytes_out"} == {
+        k: local[k] for k in _core.STATS_FIELDS if k != "bytes_out"
+    }
+    assert all(type(local[k]) is int for k in _core.STATS_FIELDS)
+    worker = local["workers"][5]
+    assert type(worker["mean_staleness"]) is float and type(worker["loss"]) is float
+    assert all(
+        type(worker[k]) is int for k in _core.WORKER_STATS_FIELDS if k not in ("mean_staleness", "loss")
+    )
+    # A worker speaking the protocol by hand reads the same fields.
+    w = RawWorker(server.port)
+    op, _ = w.hello(secret, [[N]], worker_id=6)
+    assert op == OPS["welcome"]
+    w.send(frame("stats"))
+    raw = stats_of(*read_frame(w.sock))
+    assert raw["commits"] == 1 and raw["workers_connected"] == 1 and raw["connections"] == 2
+    w.close()
 
 
 def test_bind_errors_are_clear(server: ParameterServer, secret: bytes) -> None:

@@ -10,7 +10,7 @@ import socket
 import struct
 
 MAGIC = b"DKPS"
-VERSION = 2
+VERSION = 3
 OPS = {
     "challenge": 1,
     "hello": 2,
@@ -33,6 +33,27 @@ def codecs(commit_id: int, param: float = 0.0, pull_id: int = 0) -> bytes:
 
 
 ERROR_CODES = {1: "authentication", 2: "layout", 3: "protocol", 4: "rejected", 5: "closed"}
+#: The u64 fields of a stats reply, in order.
+STATS_REPLY = (
+    "clock",
+    "commits",
+    "rejected",
+    "pulls",
+    "bytes_in",
+    "bytes_out",
+    "commit_bytes",
+    "connections",
+    "auth_failures",
+    "protocol_errors",
+    "timeouts",
+    "workers_connected",
+)
+
+
+def stats_of(op: int, payload: bytes) -> dict[str, int]:
+    assert op == OPS["stats_reply"], f"expected a stats reply, got op {op}"
+    assert len(payload) == 8 * len(STATS_REPLY), len(payload)
+    return dict(zip(STATS_REPLY, struct.unpack(f"<{len(STATS_REPLY)}Q", payload), strict=True))
 
 
 def header(op: int, length: int, version: int = VERSION, magic: bytes = MAGIC, reserved: int = 0) -> bytes:

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::error::{Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::rules::{self, Rule};
 
 /// 64 Ki floats (256 KiB) per shard: small enough to pipeline commits, large enough that locking is noise.
@@ -183,19 +183,9 @@ impl Centre {
         }
     }
 
-    fn check_len(&self, what: &str, got: usize) -> Result<()> {
-        if got != self.len {
-            return Err(Error::invalid(format!(
-                "{what} has {got} values, the centre has {}",
-                self.len
-            )));
-        }
-        Ok(())
-    }
-
     /// Copies a consistent snapshot of the centre into `out` and returns its clock.
     pub fn pull(&self, out: &mut [f32]) -> Result<u64> {
-        self.check_len("pull buffer", out.len())?;
+        check_len("pull buffer", out.len(), "the centre", self.len)?;
         let mut guard = self.shards[0].read();
         let clock = self.clock.load(Ordering::Acquire);
         for (i, chunk) in out.chunks_mut(SHARD_LEN).enumerate() {
@@ -220,13 +210,13 @@ impl Centre {
         worker: u32,
     ) -> Result<Applied> {
         let delta = delta.0;
-        self.check_len("commit", delta.len())?;
+        check_len("commit", delta.len(), "the centre", self.len)?;
         match self.rule {
             Rule::Sync { .. } => {
                 let reply = reply.ok_or_else(|| {
                     Error::invalid("sync commits need a reply buffer for the new centre")
                 })?;
-                self.check_len("reply buffer", reply.len())?;
+                check_len("reply buffer", reply.len(), "the centre", self.len)?;
                 self.commit_sync(delta, reply, worker)
             }
             rule => self.commit_async(rule, delta, last_pull_clock, sent, reply),
@@ -245,7 +235,7 @@ impl Centre {
             Rule::Adaptive { .. } => {
                 let s =
                     sent.ok_or_else(|| Error::rejected("adaptive commits need a pull first"))?;
-                self.check_len("last pulled centre", s.len())?;
+                check_len("last pulled centre", s.len(), "the centre", self.len)?;
                 s
             }
             _ => &[],
@@ -254,7 +244,7 @@ impl Centre {
             let r = reply
                 .as_deref()
                 .ok_or_else(|| Error::invalid("elastic commits need a reply buffer"))?;
-            self.check_len("reply buffer", r.len())?;
+            check_len("reply buffer", r.len(), "the centre", self.len)?;
         }
 
         let mut guard = self.shards[0].write();

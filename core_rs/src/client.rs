@@ -1,16 +1,15 @@
 //! The worker's side of the protocol: a blocking TCP client that pulls into and commits from
 //! caller-owned buffers without intermediate copies.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use crate::centre::Applied;
 use crate::codec::{Codec, Feedback};
-use crate::error::{Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::layout::Layout;
-use crate::protocol::{self as p, Op};
-use crate::rules::{ELASTIC_CODE, SYNC_CODE};
+use crate::protocol::{self as p, rule_code, Conn, Op, Totals};
 use crate::server::resolve;
 
 /// How a client connects: retry attempt, timeouts, and the codecs for commits and pulls.
@@ -37,7 +36,7 @@ impl Default for ClientOptions {
 }
 
 pub struct Client {
-    stream: TcpStream,
+    conn: Conn<Totals>,
     commit_codec: Codec,
     pull_codec: Codec,
     /// Error feedback for lossy commit codecs (not for elastic commits, which carry weights).
@@ -51,8 +50,15 @@ pub struct Client {
     seq: u64,
     last_pull_clock: u64,
     progress: p::Progress,
-    bytes_in: u64,
-    bytes_out: u64,
+}
+
+/// What the payload of a reply holds after its fixed head.
+enum Body<'a> {
+    Empty,
+    /// Float32 values, exactly this many.
+    Values(&'a mut [f32]),
+    /// Bytes, at most this many: truncated to what arrived.
+    UpTo(&'a mut Vec<u8>),
 }
 
 /// A lost connection reads as `Closed`, whatever the OS called it.
@@ -120,7 +126,7 @@ impl Client {
         stream.set_read_timeout(Some(connect_timeout))?;
         stream.set_write_timeout(Some(connect_timeout))?;
         let mut client = Client {
-            stream,
+            conn: Conn::new(stream, Totals::default()),
             commit_codec,
             pull_codec,
             feedback: None,
@@ -133,12 +139,10 @@ impl Client {
             seq: 0,
             last_pull_clock: 0,
             progress: p::Progress::default(),
-            bytes_in: 0,
-            bytes_out: 0,
         };
         client.handshake(secret, layout, attempt).map_err(lost)?;
-        client.stream.set_read_timeout(timeout)?;
-        client.stream.set_write_timeout(timeout)?;
+        client.conn.stream.set_read_timeout(timeout)?;
+        client.conn.stream.set_write_timeout(timeout)?;
         Ok(client)
     }
 
@@ -157,7 +161,7 @@ impl Client {
             mac: [0; p::MAC_LEN],
         };
         hello.mac = p::hello_mac(secret, &server_nonce, &hello);
-        self.send(Op::Hello, &hello.encode(), &[])?;
+        self.conn.send(Op::Hello, &hello.encode(), &[])?;
         let (op, payload) = self.read_small_frame()?;
         if op != Op::Welcome {
             return Err(Error::protocol(format!("expected welcome, got {op:?}")));
@@ -176,8 +180,9 @@ impl Client {
         }
         self.rule_code = welcome.rule_code;
         self.resume_samples = welcome.resume_samples;
-        self.replies_with_vector = matches!(welcome.rule_code, ELASTIC_CODE | SYNC_CODE);
-        if self.commit_codec.lossy() && welcome.rule_code != ELASTIC_CODE {
+        self.replies_with_vector =
+            matches!(welcome.rule_code, rule_code::ELASTIC | rule_code::SYNC);
+        if self.commit_codec.lossy() && welcome.rule_code != rule_code::ELASTIC {
             self.feedback = Some(Feedback::default());
         }
         self.last_pull_clock = welcome.clock;
@@ -194,9 +199,6 @@ impl Client {
     pub fn replies_with_vector(&self) -> bool {
         self.replies_with_vector
     }
-    pub fn rule_code(&self) -> u8 {
-        self.rule_code
-    }
     /// Samples this worker's earlier attempts had committed (see `protocol::Welcome`).
     pub fn resume_samples(&self) -> u64 {
         self.resume_samples
@@ -205,107 +207,65 @@ impl Client {
         self.last_pull_clock
     }
     pub fn bytes_in(&self) -> u64 {
-        self.bytes_in
+        self.conn.traffic.bytes_in
     }
     pub fn bytes_out(&self) -> u64 {
-        self.bytes_out
-    }
-
-    fn send(&mut self, op: Op, head: &[u8], values: &[f32]) -> Result<()> {
-        self.bytes_out += p::write_frame(&mut self.stream, op, head, values)?;
-        Ok(())
+        self.conn.traffic.bytes_out
     }
 
     fn read_small_frame(&mut self) -> Result<(Op, Vec<u8>)> {
-        let h = p::read_header(&mut self.stream, p::SMALL_FRAME)?;
-        let payload = p::read_small(&mut self.stream, h.len)?;
-        self.bytes_in += p::HEADER_LEN as u64 + h.len;
+        let h = self.conn.read_header(p::SMALL_FRAME)?;
+        let payload = self.conn.read_small(h.len)?;
         if h.op == Op::Error {
             return Err(p::decode_error(&payload));
         }
         Ok((h.op, payload))
     }
 
-    /// Reads the reply to a request: `expected` with a `head`-sized prefix and an optional vector.
-    fn read_reply(
-        &mut self,
-        expected: Op,
-        head: &mut [u8],
-        values: Option<&mut [f32]>,
-    ) -> Result<()> {
-        let vector_len = values.as_ref().map_or(0, |v| 4 * v.len());
-        let h = p::read_header(
-            &mut self.stream,
-            (head.len() + vector_len).max(p::SMALL_FRAME as usize) as u64,
-        )?;
+    /// Reads the reply to a request: an `expected` frame whose payload is `head` then `body`, or
+    /// the server's error.
+    fn read_reply(&mut self, expected: Op, head: &mut [u8], body: Body<'_>) -> Result<()> {
+        let (least, most) = match &body {
+            Body::Empty => (0, 0),
+            Body::Values(values) => (4 * values.len(), 4 * values.len()),
+            Body::UpTo(bytes) => (0, bytes.len()),
+        };
+        let (least, most) = ((head.len() + least) as u64, (head.len() + most) as u64);
+        let h = self.conn.read_header(most.max(p::SMALL_FRAME))?;
         if h.op == Op::Error && h.len <= p::SMALL_FRAME {
-            let payload = p::read_small(&mut self.stream, h.len)?;
-            self.bytes_in += p::HEADER_LEN as u64 + h.len;
+            let payload = self.conn.read_small(h.len)?;
             return Err(p::decode_error(&payload));
         }
-        if h.op != expected || h.len != (head.len() + vector_len) as u64 {
+        if h.op != expected || h.len < least || h.len > most {
             return Err(Error::protocol(format!(
                 "expected a {expected:?} reply, got {:?} of {} bytes",
                 h.op, h.len
             )));
         }
-        p::read_payload(&mut self.stream, head, values.unwrap_or(&mut []))?;
-        self.bytes_in += p::HEADER_LEN as u64 + h.len;
-        Ok(())
-    }
-
-    /// Reads a reply whose payload is `head` then exactly `body.len()` bytes (or fewer, when the
-    /// reply is shorter: `body` is truncated to what arrived).
-    fn read_reply_bytes(
-        &mut self,
-        expected: Op,
-        head: &mut [u8],
-        body: &mut Vec<u8>,
-    ) -> Result<()> {
-        let max = (head.len() + body.len()).max(p::SMALL_FRAME as usize) as u64;
-        let h = p::read_header(&mut self.stream, max)?;
-        if h.op == Op::Error && h.len <= p::SMALL_FRAME {
-            let payload = p::read_small(&mut self.stream, h.len)?;
-            self.bytes_in += p::HEADER_LEN as u64 + h.len;
-            return Err(p::decode_error(&payload));
+        self.conn.read_exact(head)?;
+        match body {
+            Body::Empty => Ok(()),
+            Body::Values(values) => self.conn.read_values(values),
+            Body::UpTo(bytes) => {
+                bytes.truncate(h.len as usize - head.len());
+                self.conn.read_exact(bytes)
+            }
         }
-        if h.op != expected || h.len < head.len() as u64 || h.len > (head.len() + body.len()) as u64
-        {
-            return Err(Error::protocol(format!(
-                "expected a {expected:?} reply, got {:?} of {} bytes",
-                h.op, h.len
-            )));
-        }
-        body.truncate(h.len as usize - head.len());
-        self.stream.read_exact(head)?;
-        self.stream.read_exact(body)?;
-        self.bytes_in += p::HEADER_LEN as u64 + h.len;
-        Ok(())
-    }
-
-    fn check_len(&self, what: &str, len: usize) -> Result<()> {
-        if len != self.num_params {
-            return Err(Error::invalid(format!(
-                "{what} has {len} values, the model has {}",
-                self.num_params
-            )));
-        }
-        Ok(())
     }
 
     /// Fetches the centre into `out` and returns its clock.
     pub fn pull(&mut self, out: &mut [f32]) -> Result<u64> {
-        self.check_len("pull buffer", out.len())?;
-        self.send(Op::Pull, &[], &[]).map_err(lost)?;
+        check_len("pull buffer", out.len(), "the model", self.num_params)?;
+        self.conn.send(Op::Pull, &[], &[]).map_err(lost)?;
         let mut head = [0u8; 8];
         if self.pull_codec == Codec::None {
-            self.read_reply(Op::Centre, &mut head, Some(out))
+            self.read_reply(Op::Centre, &mut head, Body::Values(out))
                 .map_err(lost)?;
         } else {
             let mut encoded = std::mem::take(&mut self.encoded);
             encoded.resize(self.pull_codec.max_encoded_len(self.num_params), 0);
             let read = self
-                .read_reply_bytes(Op::Centre, &mut head, &mut encoded)
+                .read_reply(Op::Centre, &mut head, Body::UpTo(&mut encoded))
                 .map_err(lost);
             let decoded = read.and_then(|()| self.pull_codec.decode(&encoded, out));
             self.encoded = encoded;
@@ -320,13 +280,46 @@ impl Client {
         self.progress = progress;
     }
 
+    /// The head of the next commit: `flags`, the next sequence number, the clock of the last pull.
+    fn next_commit_head(&mut self, flags: u32) -> [u8; p::COMMIT_HEAD_LEN] {
+        self.seq += 1;
+        p::encode_commit_head(
+            self.worker_id,
+            flags,
+            self.seq,
+            self.last_pull_clock,
+            self.progress,
+        )
+    }
+
+    /// Sends one commit frame and reads the server's answer, with its vector into `reply` when
+    /// it has one.
+    fn send_commit(
+        &mut self,
+        head: &[u8; p::COMMIT_HEAD_LEN],
+        body: &[u8],
+        reply: Option<&mut [f32]>,
+    ) -> Result<Applied> {
+        self.conn.send(Op::Commit, head, body).map_err(lost)?;
+        let mut reply_head = [0u8; 16];
+        let body = reply.map_or(Body::Empty, Body::Values);
+        self.read_reply(Op::Committed, &mut reply_head, body)
+            .map_err(lost)?;
+        let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
+        let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
+        if self.rule_code == rule_code::SYNC {
+            self.last_pull_clock = clock; // a sync reply is the new centre
+        }
+        Ok(Applied { clock, staleness })
+    }
+
     /// Sends `delta` (stamped with the clock of the last pull and the next sequence number).
     /// Rules that answer with a vector write it into `reply`.
     pub fn commit(&mut self, delta: &[f32], reply: Option<&mut [f32]>) -> Result<Applied> {
-        self.check_len("commit", delta.len())?;
+        check_len("commit", delta.len(), "the model", self.num_params)?;
         let reply = match (self.replies_with_vector, reply) {
             (true, Some(r)) => {
-                self.check_len("reply buffer", r.len())?;
+                check_len("reply buffer", r.len(), "the model", self.num_params)?;
                 Some(r)
             }
             (true, None) => {
@@ -336,41 +329,22 @@ impl Client {
             }
             (false, _) => None,
         };
-        self.seq += 1;
-        let head = p::encode_commit_head(
-            self.worker_id,
-            0,
-            self.seq,
-            self.last_pull_clock,
-            self.progress,
-        );
+        let head = self.next_commit_head(0);
         if self.commit_codec == Codec::None {
-            self.send(Op::Commit, &head, delta).map_err(lost)?;
-        } else {
-            let mut encoded = std::mem::take(&mut self.encoded);
-            let seed = (u64::from(self.worker_id) << 40) ^ self.seq;
-            match &mut self.feedback {
-                Some(feedback) => feedback.encode(&self.commit_codec, delta, seed, &mut encoded)?,
-                None => self.commit_codec.encode(delta, seed, &mut encoded),
-            }
-            let sent = p::write_frame_bytes(&mut self.stream, Op::Commit, &head, &encoded);
-            self.encoded = encoded;
-            self.bytes_out += sent.map_err(lost)?;
+            return self.send_commit(&head, bytemuck::cast_slice(delta), reply);
         }
-        let mut reply_head = [0u8; 16];
-        let replied = self
-            .read_reply(Op::Committed, &mut reply_head, reply)
-            .map_err(lost);
+        let mut encoded = std::mem::take(&mut self.encoded);
+        let seed = (u64::from(self.worker_id) << 40) ^ self.seq;
+        match &mut self.feedback {
+            Some(feedback) => feedback.encode(&self.commit_codec, delta, seed, &mut encoded)?,
+            None => self.commit_codec.encode(delta, seed, &mut encoded),
+        }
+        let replied = self.send_commit(&head, &encoded, reply);
+        self.encoded = encoded;
         if let (Err(Error::Rejected(_)), Some(feedback)) = (&replied, &mut self.feedback) {
             feedback.unsent(); // nothing of it was applied: keep all of it for the next commit
         }
-        replied?;
-        let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
-        let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
-        if self.rule_code == SYNC_CODE {
-            self.last_pull_clock = clock; // a sync reply is the new centre
-        }
-        Ok(Applied { clock, staleness })
+        replied
     }
 
     /// Sends what error feedback still holds back, as one dense commit, so that nothing a worker
@@ -383,44 +357,26 @@ impl Client {
             return Ok(None);
         }
         let residual = feedback.take_residual();
-        self.seq += 1;
-        let head = p::encode_commit_head(
-            self.worker_id,
-            p::DENSE,
-            self.seq,
-            self.last_pull_clock,
-            self.progress,
-        );
-        self.send(Op::Commit, &head, &residual).map_err(lost)?;
-        let mut reply_head = [0u8; 16];
-        let replied = self
-            .read_reply(Op::Committed, &mut reply_head, None)
-            .map_err(lost);
+        let head = self.next_commit_head(p::DENSE);
+        let replied = self.send_commit(&head, bytemuck::cast_slice(&residual), None);
         if let (Err(Error::Rejected(_)), Some(feedback)) = (&replied, &mut self.feedback) {
             feedback.restore(residual); // refused: still owed
         }
-        replied?;
-        let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
-        let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
-        Ok(Some(Applied { clock, staleness }))
+        replied.map(Some)
     }
 
     /// The server's counters, named as in `protocol::STATS_FIELDS`.
     pub fn stats(&mut self) -> Result<Vec<(&'static str, u64)>> {
-        self.send(Op::Stats, &[], &[]).map_err(lost)?;
-        let mut payload = [0u8; 8 * p::STATS_FIELDS.len()];
-        self.read_reply(Op::StatsReply, &mut payload, None)
+        self.conn.send(Op::Stats, &[], &[]).map_err(lost)?;
+        let mut payload = [0u8; p::STATS_REPLY_LEN];
+        self.read_reply(Op::StatsReply, &mut payload, Body::Empty)
             .map_err(lost)?;
-        Ok(p::STATS_FIELDS
-            .iter()
-            .zip(payload.chunks_exact(8))
-            .map(|(name, v)| (*name, u64::from_le_bytes(v.try_into().expect("8 bytes"))))
-            .collect())
+        p::decode_stats(&payload)
     }
 
     /// Says goodbye and closes the connection.
     pub fn close(&mut self) {
-        let _ = self.send(Op::Bye, &[], &[]);
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.conn.send(Op::Bye, &[], &[]);
+        let _ = self.conn.stream.shutdown(Shutdown::Both);
     }
 }

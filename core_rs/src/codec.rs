@@ -5,12 +5,18 @@
 //!
 //! Decoding validates everything it reads (lengths, counts, indices, scales, values) and either
 //! fills the whole output or fails: a malformed payload never reaches the centre.
+//!
+//! The vocabulary is defined here and nowhere else: the families (`Codec::FAMILIES`), what each
+//! may be used for (`Codec::can_pull`, `Codec::can_carry_weights`) and the syntax of a codec's
+//! name (`CODEC_SYNTAX`). The server's checks and Python's `CODECS`, `PULL_CODECS` and
+//! `ELASTIC_CODECS` are computed from them.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use multiversion::multiversion;
 
 use crate::error::{Error, Result};
+use crate::protocol::codec_id;
 use crate::rules::all_finite;
 
 /// Values per int8 block; each block carries one float32 scale.
@@ -25,9 +31,61 @@ pub enum Codec {
     TopK { ratio: f32 },
 }
 
-pub const CODECS: &str = "none, fp16, bf16, int8, int8:stochastic, topk:RATIO (0 < RATIO <= 1)";
+/// How a codec is named, for errors and help.
+pub const CODEC_SYNTAX: &str =
+    "none, fp16, bf16, int8, int8:stochastic, topk:RATIO (0 < RATIO <= 1)";
+
+/// The family names of `codecs`, in order.
+fn kinds(codecs: impl Iterator<Item = Codec>) -> Vec<&'static str> {
+    codecs.map(|c| c.kind()).collect()
+}
+
+/// Every codec family, as a server's list of accepted codecs names them.
+pub fn families() -> Vec<&'static str> {
+    kinds(Codec::FAMILIES.into_iter())
+}
+
+/// The families that may serve pulls.
+pub fn pull_families() -> Vec<&'static str> {
+    kinds(Codec::FAMILIES.into_iter().filter(Codec::can_pull))
+}
+
+/// The families that may carry elastic commits (weights).
+pub fn weight_families() -> Vec<&'static str> {
+    kinds(Codec::FAMILIES.into_iter().filter(Codec::can_carry_weights))
+}
+
+/// `a, b or c`, for messages that list what is allowed.
+pub fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [only] => (*only).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// Checks a family name (as a server's list of accepted codecs holds them).
+pub fn check_family(kind: &str) -> Result<()> {
+    let known = families();
+    if !known.contains(&kind) {
+        return Err(Error::invalid(format!(
+            "unknown codec {kind:?}; codec families: {}",
+            known.join(", ")
+        )));
+    }
+    Ok(())
+}
 
 impl Codec {
+    /// One codec of each family, in the order families are listed.
+    pub const FAMILIES: [Codec; 5] = [
+        Codec::None,
+        Codec::Fp16,
+        Codec::Bf16,
+        Codec::Int8 { stochastic: false },
+        Codec::TopK { ratio: 1.0 },
+    ];
+
     /// `none`, `fp16`, `bf16`, `int8`, `int8:stochastic`, `topk:0.01`.
     pub fn parse(text: &str) -> Result<Codec> {
         let text = text.trim().to_ascii_lowercase();
@@ -35,7 +93,7 @@ impl Codec {
             Some((n, a)) => (n, Some(a)),
             None => (text.as_str(), None),
         };
-        let bad = || Error::invalid(format!("unknown codec {text:?}; codecs: {CODECS}"));
+        let bad = || Error::invalid(format!("unknown codec {text:?}; codecs: {CODEC_SYNTAX}"));
         match (name, arg) {
             ("none", None) => Ok(Codec::None),
             ("fp16", None) => Ok(Codec::Fp16),
@@ -85,26 +143,38 @@ impl Codec {
         *self != Codec::None
     }
 
+    /// Whether the server may send pulls with it. It sends the centre itself, without error
+    /// feedback, so only codecs that round each value (the float formats) qualify.
+    pub fn can_pull(&self) -> bool {
+        matches!(self, Codec::None | Codec::Fp16 | Codec::Bf16)
+    }
+
+    /// Whether it may carry weights, as elastic commits do: it must keep every value to a
+    /// relative precision, which `topk` (drops values) and `int8` (one scale a block) do not.
+    pub fn can_carry_weights(&self) -> bool {
+        matches!(self, Codec::None | Codec::Fp16 | Codec::Bf16)
+    }
+
     /// (id, parameter) as sent in the handshake.
     pub fn to_wire(&self) -> (u8, f32) {
         match *self {
-            Codec::None => (0, 0.0),
-            Codec::Fp16 => (1, 0.0),
-            Codec::Bf16 => (2, 0.0),
-            Codec::Int8 { stochastic } => (3, if stochastic { 1.0 } else { 0.0 }),
-            Codec::TopK { ratio } => (4, ratio),
+            Codec::None => (codec_id::NONE, 0.0),
+            Codec::Fp16 => (codec_id::FP16, 0.0),
+            Codec::Bf16 => (codec_id::BF16, 0.0),
+            Codec::Int8 { stochastic } => (codec_id::INT8, if stochastic { 1.0 } else { 0.0 }),
+            Codec::TopK { ratio } => (codec_id::TOPK, ratio),
         }
     }
 
     pub fn from_wire(id: u8, param: f32) -> Result<Codec> {
         match id {
-            0 => Ok(Codec::None),
-            1 => Ok(Codec::Fp16),
-            2 => Ok(Codec::Bf16),
-            3 => Ok(Codec::Int8 {
+            codec_id::NONE => Ok(Codec::None),
+            codec_id::FP16 => Ok(Codec::Fp16),
+            codec_id::BF16 => Ok(Codec::Bf16),
+            codec_id::INT8 => Ok(Codec::Int8 {
                 stochastic: param != 0.0,
             }),
-            4 => Codec::topk(param),
+            codec_id::TOPK => Codec::topk(param),
             _ => Err(Error::protocol(format!("unknown codec id {id}"))),
         }
     }
@@ -468,6 +538,44 @@ mod tests {
         let c = Codec::parse("topk:0.25").unwrap();
         let (id, p) = c.to_wire();
         assert_eq!(Codec::from_wire(id, p).unwrap(), c);
+    }
+
+    #[test]
+    fn families_and_their_uses() {
+        assert_eq!(families(), ["none", "fp16", "bf16", "int8", "topk"]);
+        assert_eq!(pull_families(), ["none", "fp16", "bf16"]);
+        assert_eq!(weight_families(), ["none", "fp16", "bf16"]);
+        // Every codec a name or a wire id can give belongs to a listed family, with its uses.
+        for text in [
+            "none",
+            "fp16",
+            "bf16",
+            "int8",
+            "int8:stochastic",
+            "topk:0.5",
+        ] {
+            let codec = Codec::parse(text).unwrap();
+            let family = Codec::FAMILIES
+                .iter()
+                .find(|f| f.kind() == codec.kind())
+                .unwrap();
+            assert_eq!(family.can_pull(), codec.can_pull(), "{text}");
+            assert_eq!(family.can_carry_weights(), codec.can_carry_weights());
+            let (id, param) = codec.to_wire();
+            assert_eq!(Codec::from_wire(id, param).unwrap(), codec);
+            assert_eq!(family.to_wire().0, id);
+        }
+        assert!(Codec::from_wire(5, 0.0).is_err());
+        for family in families() {
+            check_family(family).unwrap();
+        }
+        let err = check_family("zip").unwrap_err().to_string();
+        assert!(
+            err.contains("codec families: none, fp16, bf16, int8, topk"),
+            "{err}"
+        );
+        assert_eq!(one_of(&pull_families()), "none, fp16 or bf16");
+        assert_eq!(one_of(&["a"]), "a");
     }
 
     #[test]

@@ -39,3 +39,13 @@ impl Error {
         Error::Rejected(msg.into())
     }
 }
+
+/// `what` (a buffer the caller passed) must hold exactly as many values as `holder` has.
+pub fn check_len(what: &str, got: usize, holder: &str, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(Error::invalid(format!(
+            "{what} has {got} values, {holder} has {expected}"
+        )));
+    }
+    Ok(())
+}

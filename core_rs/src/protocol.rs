@@ -4,20 +4,28 @@
 //! u64 payload length — followed by the payload. The server greets each connection with a
 //! challenge; the worker proves it holds the run's secret with an HMAC-SHA256 over both nonces,
 //! its identity and its layout hash, and the server proves the same back. See `docs/protocol.md`.
+//!
+//! Every number on the wire is named here: ops, error codes, rule codes, codec ids, the layout of
+//! each message. `Conn` is the one way both sides write and read frames, counting their bytes.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::stats::Snapshot;
+/// The names of a `StatsReply`'s values, in order (the schema is in `stats`).
+pub use crate::stats::STATS_FIELDS;
 
 #[cfg(target_endian = "big")]
 compile_error!("the wire format reads float32 payloads in place and assumes a little-endian host");
 
 pub const MAGIC: [u8; 4] = *b"DKPS";
-pub const VERSION: u8 = 2;
+/// 3: the stats reply carries every counter of `stats::Snapshot::fields` (version 2 sent 7 of them).
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 16;
 pub const NONCE_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
@@ -64,6 +72,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [Authentication, LayoutMismatch, Protocol, Rejected, Closed]
+            .into_iter()
+            .find(|code| *code as u16 == v)
+    }
+
     pub fn of(err: &Error) -> ErrorCode {
         match err {
             Error::Authentication(_) => ErrorCode::Authentication,
@@ -75,15 +90,38 @@ impl ErrorCode {
     }
 
     /// The error a client raises for an `Error` frame from the server.
+    /// An unknown code reads as a protocol error.
     pub fn into_error(code: u16, message: String) -> Error {
-        match code {
-            1 => Error::Authentication(message),
-            2 => Error::LayoutMismatch(message),
-            4 => Error::Rejected(message),
-            5 => Error::Closed(message),
-            _ => Error::Protocol(message),
+        match ErrorCode::from_u16(code) {
+            Some(ErrorCode::Authentication) => Error::Authentication(message),
+            Some(ErrorCode::LayoutMismatch) => Error::LayoutMismatch(message),
+            Some(ErrorCode::Rejected) => Error::Rejected(message),
+            Some(ErrorCode::Closed) => Error::Closed(message),
+            Some(ErrorCode::Protocol) | None => Error::Protocol(message),
         }
     }
+}
+
+/// Update-rule codes, sent in the welcome so a client knows what a commit reply carries.
+pub mod rule_code {
+    pub const ADD: u8 = 1;
+    pub const DYNSGD: u8 = 2;
+    pub const ADAPTIVE: u8 = 3;
+    /// Its commit replies carry `E`.
+    pub const ELASTIC: u8 = 4;
+    /// Its commit replies carry the new centre.
+    pub const SYNC: u8 = 5;
+}
+
+/// Codec ids, sent in the hello (`encode_codecs`).
+pub mod codec_id {
+    pub const NONE: u8 = 0;
+    pub const FP16: u8 = 1;
+    pub const BF16: u8 = 2;
+    /// Parameter 1: stochastic rounding.
+    pub const INT8: u8 = 3;
+    /// Parameter: the ratio.
+    pub const TOPK: u8 = 4;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +170,8 @@ pub fn read_header(r: &mut impl Read, max_len: u64) -> Result<Header> {
     decode_header(&h, max_len)
 }
 
-/// Writes a frame whose payload is `head` followed by the raw bytes of `values`.
-pub fn write_frame(w: &mut impl Write, op: Op, head: &[u8], values: &[f32]) -> Result<u64> {
-    write_frame_bytes(w, op, head, bytemuck::cast_slice(values))
-}
-
-/// Writes a frame whose payload is `head` followed by `body`.
-pub fn write_frame_bytes(w: &mut impl Write, op: Op, head: &[u8], body: &[u8]) -> Result<u64> {
+/// Writes a frame whose payload is `head` followed by `body`; returns the bytes written.
+pub fn write_frame(w: &mut impl Write, op: Op, head: &[u8], body: &[u8]) -> Result<u64> {
     let len = (head.len() + body.len()) as u64;
     let mut first = Vec::with_capacity(HEADER_LEN + head.len());
     first.extend_from_slice(&encode_header(op, len));
@@ -148,13 +181,6 @@ pub fn write_frame_bytes(w: &mut impl Write, op: Op, head: &[u8], body: &[u8]) -
         w.write_all(body)?;
     }
     Ok(HEADER_LEN as u64 + len)
-}
-
-/// Reads `len` payload bytes into `head` and then straight into `values` (no intermediate copy).
-pub fn read_payload(r: &mut impl Read, head: &mut [u8], values: &mut [f32]) -> Result<()> {
-    r.read_exact(head)?;
-    r.read_exact(bytemuck::cast_slice_mut(values))?;
-    Ok(())
 }
 
 /// Reads `values` chunk by chunk, checking each chunk for NaN or infinity while it is still in
@@ -482,16 +508,104 @@ pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
     })
 }
 
-/// Server statistics as sent in a `StatsReply` frame: fixed u64 fields, in this order.
-pub const STATS_FIELDS: [&str; 7] = [
-    "clock",
-    "commits",
-    "rejected",
-    "pulls",
-    "bytes_in",
-    "bytes_out",
-    "workers_connected",
-];
+/// A `StatsReply` payload: every value of `stats::Snapshot::fields`, u64 each, in that order.
+pub const STATS_REPLY_LEN: usize = 8 * STATS_FIELDS.len();
+
+pub fn encode_stats(snapshot: &Snapshot) -> Vec<u8> {
+    snapshot
+        .fields()
+        .iter()
+        .flat_map(|(_, v)| v.to_le_bytes())
+        .collect()
+}
+
+/// The values of a `StatsReply`, named as in `STATS_FIELDS`.
+pub fn decode_stats(payload: &[u8]) -> Result<Vec<(&'static str, u64)>> {
+    let mut f = Fields(payload);
+    let named = STATS_FIELDS
+        .iter()
+        .map(|name| Ok((*name, f.u64()?)))
+        .collect::<Result<Vec<_>>>()?;
+    f.finish()?;
+    Ok(named)
+}
+
+// ---- Connections ----
+
+/// Where one side counts the bytes of the frames it sends and receives.
+pub trait Traffic {
+    fn sent(&mut self, bytes: u64);
+    fn received(&mut self, bytes: u64);
+}
+
+/// A worker's own byte counts (the server counts into `stats::Counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Traffic for Totals {
+    fn sent(&mut self, bytes: u64) {
+        self.bytes_out += bytes;
+    }
+    fn received(&mut self, bytes: u64) {
+        self.bytes_in += bytes;
+    }
+}
+
+/// One end of a connection. Client and server write and read every frame through it, so each
+/// side counts the same bytes: a frame is counted whole when it is written, and when its header
+/// has been read and accepted.
+pub struct Conn<T> {
+    pub stream: TcpStream,
+    pub traffic: T,
+}
+
+impl<T: Traffic> Conn<T> {
+    pub fn new(stream: TcpStream, traffic: T) -> Self {
+        Conn { stream, traffic }
+    }
+
+    /// Writes a frame whose payload is `head` followed by `body`.
+    pub fn send(&mut self, op: Op, head: &[u8], body: &[u8]) -> Result<()> {
+        let n = write_frame(&mut self.stream, op, head, body)?;
+        self.traffic.sent(n);
+        Ok(())
+    }
+
+    /// Writes a frame whose payload is `head` followed by the raw bytes of `values` (no copy).
+    pub fn send_values(&mut self, op: Op, head: &[u8], values: &[f32]) -> Result<()> {
+        self.send(op, head, bytemuck::cast_slice(values))
+    }
+
+    /// Writes an `Error` frame saying what `err` is.
+    pub fn send_error(&mut self, err: &Error) -> Result<()> {
+        let msg = error_payload(ErrorCode::of(err), &err.to_string());
+        self.send(Op::Error, &msg, &[])
+    }
+
+    /// Reads and checks a header (`max_len`: the largest payload accepted) and counts its frame.
+    pub fn read_header(&mut self, max_len: u64) -> Result<Header> {
+        let h = read_header(&mut self.stream, max_len)?;
+        self.traffic.received(HEADER_LEN as u64 + h.len);
+        Ok(h)
+    }
+
+    pub fn read_small(&mut self, len: u64) -> Result<Vec<u8>> {
+        read_small(&mut self.stream, len)
+    }
+
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.stream.read_exact(buf)?;
+        Ok(())
+    }
+
+    /// Reads straight into `values` (no intermediate copy).
+    pub fn read_values(&mut self, values: &mut [f32]) -> Result<()> {
+        self.read_exact(bytemuck::cast_slice_mut(values))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -509,6 +623,7 @@ mod tests {
             let _ = Hello::decode(&bytes);
             let _ = Welcome::decode(&bytes);
             let _ = decode_error(&bytes);
+            let _ = decode_stats(&bytes);
             let mut c = [0u8; COMMIT_HEAD_LEN];
             let n = bytes.len().min(COMMIT_HEAD_LEN);
             c[..n].copy_from_slice(&bytes[..n]);
@@ -587,6 +702,41 @@ mod tests {
             assert!(!verify_hello(secret, &server_nonce, &t));
         }
         assert!(Hello::decode(&hello.encode()[1..]).is_err());
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for code in 1..=5u16 {
+            let kind = ErrorCode::from_u16(code).unwrap();
+            assert_eq!(
+                ErrorCode::of(&ErrorCode::into_error(code, "m".into())),
+                kind
+            );
+            assert!(decode_error(&error_payload(kind, "why"))
+                .to_string()
+                .contains("why"));
+        }
+        assert!(ErrorCode::from_u16(0).is_none());
+        assert!(matches!(
+            ErrorCode::into_error(99, "m".into()),
+            Error::Protocol(_)
+        ));
+    }
+
+    #[test]
+    fn stats_reply_carries_every_field() {
+        let snapshot = Snapshot {
+            clock: 5,
+            rejected: 2,
+            timeouts: 7,
+            ..Snapshot::default()
+        };
+        let payload = encode_stats(&snapshot);
+        assert_eq!(payload.len(), STATS_REPLY_LEN);
+        let decoded = decode_stats(&payload).unwrap();
+        assert_eq!(decoded, snapshot.fields().to_vec());
+        assert!(decode_stats(&payload[8..]).is_err());
+        assert!(decode_stats(&[payload.clone(), vec![0; 8]].concat()).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use multiversion::multiversion;
 
 use crate::error::{Error, Result};
+use crate::protocol::rule_code;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rule {
@@ -21,30 +22,147 @@ pub enum Rule {
     Sync { workers: u32, scale: f32 },
 }
 
-/// Wire codes of the rules whose commit replies carry a vector.
-pub const ELASTIC_CODE: u8 = 4;
-pub const SYNC_CODE: u8 = 5;
+/// One update rule: its name, its parameters with their defaults (`None`: the caller must give
+/// it), its wire code and how it is built from checked parameter values.
+pub struct RuleSpec {
+    pub name: &'static str,
+    pub params: &'static [(&'static str, Option<f64>)],
+    pub code: u8,
+    build: fn(&Params<'_>) -> Result<Rule>,
+}
 
-/// The rule names and their parameters, for error messages and `dk` help.
-pub const RULE_NAMES: &str =
-    "add(scale=1), dynsgd, adaptive(gamma=1e-4), elastic(alpha), sync(workers, scale=1)";
+/// Every update rule, in the order they are listed. `Rule::parse`, `Rule::name`, `Rule::params`,
+/// `Rule::code`, the rule syntax in error messages and Python's `RULES` and `RULE_PARAMS` all
+/// read this table.
+pub const RULES: [RuleSpec; 5] = [
+    RuleSpec {
+        name: "add",
+        params: &[("scale", Some(1.0))],
+        code: rule_code::ADD,
+        build: |p| {
+            Ok(Rule::Add {
+                scale: p.positive("scale")?,
+            })
+        },
+    },
+    RuleSpec {
+        name: "dynsgd",
+        params: &[],
+        code: rule_code::DYNSGD,
+        build: |_| Ok(Rule::DynSgd),
+    },
+    RuleSpec {
+        name: "adaptive",
+        params: &[("gamma", Some(1e-4))],
+        code: rule_code::ADAPTIVE,
+        build: |p| {
+            Ok(Rule::Adaptive {
+                gamma: p.positive("gamma")?,
+            })
+        },
+    },
+    RuleSpec {
+        name: "elastic",
+        params: &[("alpha", None)],
+        code: rule_code::ELASTIC,
+        build: |p| {
+            Ok(Rule::Elastic {
+                alpha: p.positive("alpha")?,
+            })
+        },
+    },
+    RuleSpec {
+        name: "sync",
+        params: &[("workers", None), ("scale", Some(1.0))],
+        code: rule_code::SYNC,
+        build: |p| {
+            let workers = f64::from(p.positive("workers")?);
+            if workers.fract() != 0.0 || workers > 65_536.0 {
+                return Err(Error::invalid(format!(
+                    "rule parameter workers must be a whole number of workers, got {workers}"
+                )));
+            }
+            Ok(Rule::Sync {
+                workers: workers as u32,
+                scale: p.positive("scale")?,
+            })
+        },
+    },
+];
+
+impl RuleSpec {
+    pub fn param_names(&self) -> Vec<&'static str> {
+        self.params.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// `name(param=default, ...)`, as error messages and `dk` help show it.
+    pub fn syntax(&self) -> String {
+        if self.params.is_empty() {
+            return self.name.to_string();
+        }
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(key, default)| match default {
+                None => key.to_string(),
+                Some(v) if v.fract() == 0.0 => format!("{key}={v}"),
+                Some(v) => format!("{key}={v:e}"),
+            })
+            .collect();
+        format!("{}({})", self.name, params.join(", "))
+    }
+}
+
+/// Every rule's syntax: "add(scale=1), dynsgd, adaptive(gamma=1e-4), ...".
+pub fn rule_syntax() -> String {
+    let all: Vec<String> = RULES.iter().map(RuleSpec::syntax).collect();
+    all.join(", ")
+}
+
+/// The parameters a caller gave, checked against its rule's table entry.
+struct Params<'a> {
+    rule: &'a RuleSpec,
+    given: &'a [(&'a str, f64)],
+}
+
+impl Params<'_> {
+    /// The value given for `key`, or its default; it must be positive.
+    fn positive(&self, key: &str) -> Result<f32> {
+        let default = self
+            .rule
+            .params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, d)| *d);
+        let v = self
+            .given
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .or(default)
+            .ok_or_else(|| {
+                Error::invalid(format!("rule {:?} needs parameter {key:?}", self.rule.name))
+            })?;
+        if v <= 0.0 {
+            return Err(Error::invalid(format!(
+                "rule parameter {key} must be > 0, got {v}"
+            )));
+        }
+        Ok(v as f32)
+    }
+}
 
 impl Rule {
     /// Builds a rule from its name and parameters; an unknown name, an unknown or missing parameter,
     /// or a value out of range is an error naming what is valid.
     pub fn parse(name: &str, params: &[(&str, f64)]) -> Result<Rule> {
-        let allowed: &[&str] = match name {
-            "add" => &["scale"],
-            "dynsgd" => &[],
-            "adaptive" => &["gamma"],
-            "elastic" => &["alpha"],
-            "sync" => &["workers", "scale"],
-            _ => {
-                return Err(Error::invalid(format!(
-                    "unknown update rule {name:?}; valid rules: {RULE_NAMES}"
-                )))
-            }
-        };
+        let rule = RULES.iter().find(|r| r.name == name).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown update rule {name:?}; valid rules: {}",
+                rule_syntax()
+            ))
+        })?;
+        let allowed = rule.param_names();
         for (key, value) in params {
             if !allowed.contains(key) {
                 return Err(Error::invalid(format!(
@@ -62,64 +180,38 @@ impl Rule {
                 )));
             }
         }
-        let get = |key: &str| params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
-        let positive = |key: &str, default: Option<f64>| -> Result<f32> {
-            let v = get(key)
-                .or(default)
-                .ok_or_else(|| Error::invalid(format!("rule {name:?} needs parameter {key:?}")))?;
-            if v <= 0.0 {
-                return Err(Error::invalid(format!(
-                    "rule parameter {key} must be > 0, got {v}"
-                )));
-            }
-            Ok(v as f32)
-        };
-        Ok(match name {
-            "add" => Rule::Add {
-                scale: positive("scale", Some(1.0))?,
-            },
-            "dynsgd" => Rule::DynSgd,
-            "adaptive" => Rule::Adaptive {
-                gamma: positive("gamma", Some(1e-4))?,
-            },
-            "elastic" => Rule::Elastic {
-                alpha: positive("alpha", None)?,
-            },
-            _ => {
-                let workers = positive("workers", None)? as f64;
-                if workers.fract() != 0.0 || workers > 65_536.0 {
-                    return Err(Error::invalid(format!(
-                        "rule parameter workers must be a whole number of workers, got {workers}"
-                    )));
-                }
-                Rule::Sync {
-                    workers: workers as u32,
-                    scale: positive("scale", Some(1.0))?,
-                }
-            }
+        (rule.build)(&Params {
+            rule,
+            given: params,
         })
     }
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Rule::Add { .. } => "add",
-            Rule::DynSgd => "dynsgd",
-            Rule::Adaptive { .. } => "adaptive",
-            Rule::Elastic { .. } => "elastic",
-            Rule::Sync { .. } => "sync",
-        }
+    /// This rule's entry in `RULES`.
+    pub fn spec(&self) -> &'static RuleSpec {
+        let index = match self {
+            Rule::Add { .. } => 0,
+            Rule::DynSgd => 1,
+            Rule::Adaptive { .. } => 2,
+            Rule::Elastic { .. } => 3,
+            Rule::Sync { .. } => 4,
+        };
+        &RULES[index]
     }
 
+    pub fn name(&self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The rule's parameters and their values, in the table's order.
     pub fn params(&self) -> Vec<(&'static str, f64)> {
-        match *self {
-            Rule::Add { scale } => vec![("scale", scale as f64)],
+        let values = match *self {
+            Rule::Add { scale } => vec![f64::from(scale)],
             Rule::DynSgd => vec![],
-            Rule::Adaptive { gamma } => vec![("gamma", gamma as f64)],
-            Rule::Elastic { alpha } => vec![("alpha", alpha as f64)],
-            Rule::Sync { workers, scale } => {
-                vec![("workers", workers as f64), ("scale", scale as f64)]
-            }
-        }
+            Rule::Adaptive { gamma } => vec![f64::from(gamma)],
+            Rule::Elastic { alpha } => vec![f64::from(alpha)],
+            Rule::Sync { workers, scale } => vec![f64::from(workers), f64::from(scale)],
+        };
+        self.spec().param_names().into_iter().zip(values).collect()
     }
 
     /// Whether the server answers a commit with a vector (elastic: `E`; sync: the new centre).
@@ -129,13 +221,7 @@ impl Rule {
 
     /// Wire code sent in the handshake, so a client knows what a commit reply carries.
     pub fn code(&self) -> u8 {
-        match self {
-            Rule::Add { .. } => 1,
-            Rule::DynSgd => 2,
-            Rule::Adaptive { .. } => 3,
-            Rule::Elastic { .. } => ELASTIC_CODE,
-            Rule::Sync { .. } => SYNC_CODE,
-        }
+        self.spec().code
     }
 }
 
@@ -214,6 +300,36 @@ mod tests {
         assert!(Rule::parse("sync", &[("workers", 2.5)]).is_err());
         assert!(Rule::parse("add", &[("scale", f64::NAN)]).is_err());
         assert!(Rule::parse("adaptive", &[("gamma", 0.0)]).is_err());
+    }
+
+    #[test]
+    fn the_table_describes_every_rule() {
+        assert_eq!(
+            rule_syntax(),
+            "add(scale=1), dynsgd, adaptive(gamma=1e-4), elastic(alpha), sync(workers, scale=1)"
+        );
+        for spec in &RULES {
+            // Required parameters given, defaults taken: the rule built is the one named.
+            let required: Vec<(&str, f64)> = spec
+                .params
+                .iter()
+                .filter(|(_, d)| d.is_none())
+                .map(|(k, _)| (*k, 2.0))
+                .collect();
+            let rule = Rule::parse(spec.name, &required).unwrap();
+            assert_eq!(rule.name(), spec.name);
+            assert_eq!(rule.code(), spec.code);
+            assert_eq!(
+                rule.params().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+                spec.param_names()
+            );
+            assert_eq!(
+                rule.replies_with_vector(),
+                [rule_code::ELASTIC, rule_code::SYNC].contains(&rule.code())
+            );
+        }
+        let codes: std::collections::BTreeSet<u8> = RULES.iter().map(|r| r.code).collect();
+        assert_eq!(codes.len(), RULES.len());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! Rust (no Python objects), stopped cleanly by `Server::stop` or on drop.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,13 +12,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::centre::{Applied, Centre, Finite};
-use crate::codec::Codec;
+use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::protocol::{self as p, ErrorCode, Op};
+use crate::protocol::{self as p, Conn, ErrorCode, Op};
 use crate::rules::Rule;
 use crate::stats::{Counters, Snapshot};
 
+/// The shortest run secret a server accepts, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct ServerConfig {
     /// dropped; `None`: as long as it likes.
     pub idle_timeout: Option<Duration>,
     pub max_connections: usize,
-    /// Codec families workers may use (`none`, `fp16`, `bf16`, `int8`, `topk`); `None`: all.
+    /// Codec families workers may use (as `codec::families()` names them); `None`: all.
     pub accept_codecs: Option<Vec<String>>,
 }
 
@@ -83,6 +84,9 @@ pub struct Server {
 impl Server {
     /// Binds `host:port` (port 0 picks a free one) and serves `centre` until stopped.
     pub fn start(centre: Arc<Centre>, layout: Layout, config: ServerConfig) -> Result<Server> {
+        for kind in config.accept_codecs.iter().flatten() {
+            codec::check_family(kind)?;
+        }
         if layout.num_params() != centre.len() {
             return Err(Error::invalid(format!(
                 "layout has {} parameters but the centre has {}",
@@ -204,6 +208,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
                 ErrorCode::Closed,
                 "too many connections to the parameter server",
             );
+            // Not counted in `bytes_out`: the connection is never served.
             let _ = p::write_frame(&mut stream, Op::Error, &msg, &[]);
             continue;
         }
@@ -232,7 +237,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
 /// What a connection's thread knows about its worker.
 struct Session<'a> {
     shared: &'a Shared,
-    stream: TcpStream,
+    conn: Conn<&'a Counters>,
     worker: Option<(u32, u32)>,
     /// The centre as last sent to this worker (the `Cs` of the adaptive rule; reused as reply buffer).
     sent: Vec<f32>,
@@ -248,7 +253,7 @@ impl<'a> Session<'a> {
     fn new(shared: &'a Shared, stream: TcpStream) -> Self {
         Session {
             shared,
-            stream,
+            conn: Conn::new(stream, &shared.counters),
             worker: None,
             sent: Vec::new(),
             pulled: false,
@@ -280,8 +285,8 @@ impl<'a> Session<'a> {
                     let silent = Error::Closed(
                         "the worker was silent for longer than the idle timeout".into(),
                     );
-                    self.send_error(&silent);
-                    let _ = self.stream.shutdown(Shutdown::Both);
+                    let _ = self.conn.send_error(&silent);
+                    let _ = self.conn.stream.shutdown(Shutdown::Both);
                     return;
                 }
                 Error::Io(_) => return, // the peer went away; nothing to tell it
@@ -291,45 +296,28 @@ impl<'a> Session<'a> {
                 }
                 _ => {}
             }
-            self.send_error(&err);
+            let _ = self.conn.send_error(&err);
         }
-        let _ = self.stream.shutdown(Shutdown::Both);
-    }
-
-    fn send_error(&mut self, err: &Error) {
-        let msg = p::error_payload(ErrorCode::of(err), &err.to_string());
-        if let Ok(n) = p::write_frame(&mut self.stream, Op::Error, &msg, &[]) {
-            self.shared.counters.add(&self.shared.counters.bytes_out, n);
-        }
-    }
-
-    fn send(&mut self, op: Op, head: &[u8], values: &[f32]) -> Result<()> {
-        let n = p::write_frame(&mut self.stream, op, head, values)?;
-        self.shared.counters.add(&self.shared.counters.bytes_out, n);
-        Ok(())
+        let _ = self.conn.stream.shutdown(Shutdown::Both);
     }
 
     fn handshake(&mut self) -> Result<()> {
         let shared = self.shared;
-        self.stream.set_nodelay(true)?;
-        self.stream
-            .set_read_timeout(Some(shared.handshake_timeout))?;
-        self.stream
-            .set_write_timeout(Some(shared.handshake_timeout))?;
+        let stream = &self.conn.stream;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(shared.handshake_timeout))?;
+        stream.set_write_timeout(Some(shared.handshake_timeout))?;
         let server_nonce = p::nonce()?;
-        self.send(Op::Challenge, &server_nonce, &[])?;
+        self.conn.send(Op::Challenge, &server_nonce, &[])?;
 
-        let header = p::read_header(&mut self.stream, p::SMALL_FRAME)?;
+        let header = self.conn.read_header(p::SMALL_FRAME)?;
         if header.op != Op::Hello || header.len != p::HELLO_LEN {
             return Err(Error::protocol(format!(
                 "expected a hello frame, got {:?} of {} bytes",
                 header.op, header.len
             )));
         }
-        let payload = p::read_small(&mut self.stream, header.len)?;
-        shared
-            .counters
-            .add(&shared.counters.bytes_in, p::HEADER_LEN as u64 + header.len);
+        let payload = self.conn.read_small(header.len)?;
         let hello = p::Hello::decode(&payload)?;
         if !p::verify_hello(&shared.secret, &server_nonce, &hello) {
             return Err(Error::Authentication(
@@ -354,10 +342,10 @@ impl<'a> Session<'a> {
             rule_code: shared.centre.rule().code(),
             resume_samples: shared.counters.worker_samples(hello.worker_id),
         };
-        self.send(Op::Welcome, &welcome.encode(), &[])?;
+        self.conn.send(Op::Welcome, &welcome.encode(), &[])?;
         // Authenticated: from here on a worker may think for as long as the idle timeout allows.
-        self.stream.set_read_timeout(shared.idle_timeout)?;
-        self.stream.set_write_timeout(shared.idle_timeout)?;
+        self.conn.stream.set_read_timeout(shared.idle_timeout)?;
+        self.conn.stream.set_write_timeout(shared.idle_timeout)?;
         self.worker = Some((hello.worker_id, hello.attempt));
         Ok(())
     }
@@ -401,18 +389,19 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        if !matches!(pull, Codec::None | Codec::Fp16 | Codec::Bf16) {
+        if !pull.can_pull() {
             return Err(Error::protocol(format!(
-                "pulls can use none, fp16 or bf16, not {}",
+                "pulls can use {}, not {}",
+                codec::one_of(&codec::pull_families()),
                 pull.name()
             )));
         }
-        if matches!(self.shared.centre.rule(), Rule::Elastic { .. })
-            && matches!(commit, Codec::Int8 { .. } | Codec::TopK { .. })
+        if matches!(self.shared.centre.rule(), Rule::Elastic { .. }) && !commit.can_carry_weights()
         {
             return Err(Error::protocol(format!(
-                "elastic commits carry weights, which {} cannot compress; use none, fp16 or bf16",
-                commit.name()
+                "elastic commits carry weights, which {} cannot compress; use {}",
+                commit.name(),
+                codec::one_of(&codec::weight_families())
             )));
         }
         Ok(())
@@ -424,11 +413,7 @@ impl<'a> Session<'a> {
         let max_frame =
             (p::COMMIT_HEAD_LEN + self.commit_codec.max_encoded_len(n).max(4 * n)) as u64;
         loop {
-            let header = p::read_header(&mut self.stream, max_frame)?;
-            self.shared.counters.add(
-                &self.shared.counters.bytes_in,
-                p::HEADER_LEN as u64 + header.len,
-            );
+            let header = self.conn.read_header(max_frame)?;
             let expect = |len: u64| {
                 if header.len == len {
                     Ok(())
@@ -480,21 +465,12 @@ impl<'a> Session<'a> {
         self.shared
             .counters
             .worker_pulled(self.worker.expect("authenticated").0);
-        if self.pull_codec != Codec::None {
-            let mut encoded = std::mem::take(&mut self.encoded);
-            self.pull_codec.encode(&self.sent, clock, &mut encoded);
-            let n =
-                p::write_frame_bytes(&mut self.stream, Op::Centre, &clock.to_le_bytes(), &encoded);
-            self.encoded = encoded;
-            self.shared
-                .counters
-                .add(&self.shared.counters.bytes_out, n?);
-            return Ok(());
+        let head = clock.to_le_bytes();
+        if self.pull_codec == Codec::None {
+            return self.conn.send_values(Op::Centre, &head, &self.sent);
         }
-        let sent = std::mem::take(&mut self.sent);
-        let result = self.send(Op::Centre, &clock.to_le_bytes(), &sent);
-        self.sent = sent;
-        result
+        self.pull_codec.encode(&self.sent, clock, &mut self.encoded);
+        self.conn.send(Op::Centre, &head, &self.encoded)
     }
 
     fn commit(&mut self, body_len: usize) -> Result<()> {
@@ -503,11 +479,11 @@ impl<'a> Session<'a> {
         let mut head = [0u8; p::COMMIT_HEAD_LEN];
         self.received.resize(shared.centre.len(), 0.0);
         // The whole frame is read before anything is checked or applied.
-        self.stream.read_exact(&mut head)?;
+        self.conn.read_exact(&mut head)?;
         let head = p::decode_commit_head(&head)?;
         let dense = self.commit_codec == Codec::None || head.flags & p::DENSE != 0;
         let valid = if dense && body_len == 4 * self.received.len() {
-            if p::read_finite(&mut self.stream, &mut self.received)? {
+            if p::read_finite(&mut self.conn.stream, &mut self.received)? {
                 Ok(())
             } else {
                 Err(Error::rejected(
@@ -516,7 +492,7 @@ impl<'a> Session<'a> {
             }
         } else {
             self.encoded.resize(body_len, 0);
-            self.stream.read_exact(&mut self.encoded)?;
+            self.conn.read_exact(&mut self.encoded)?;
             let codec = if dense {
                 Codec::None
             } else {
@@ -537,20 +513,17 @@ impl<'a> Session<'a> {
                 let mut reply_head = [0u8; 16];
                 reply_head[..8].copy_from_slice(&applied.clock.to_le_bytes());
                 reply_head[8..].copy_from_slice(&applied.staleness.to_le_bytes());
-                let sent = std::mem::take(&mut self.sent);
                 let values: &[f32] = if shared.centre.rule().replies_with_vector() {
-                    &sent
+                    &self.sent
                 } else {
                     &[]
                 };
-                let result = self.send(Op::Committed, &reply_head, values);
-                self.sent = sent;
-                result
+                self.conn.send_values(Op::Committed, &reply_head, values)
             }
             Err(err @ (Error::Rejected(_) | Error::InvalidArgument(_))) => {
                 shared.counters.add(&shared.counters.rejected, 1);
                 // The frame was read whole, so the stream is still in step: say why and go on.
-                self.send_error(&err);
+                let _ = self.conn.send_error(&err);
                 Ok(())
             }
             Err(err) => Err(err),
@@ -612,18 +585,9 @@ impl<'a> Session<'a> {
     }
 
     fn stats(&mut self) -> Result<()> {
-        let s = self.shared.counters.snapshot(self.shared.centre.clock());
-        let fields = [
-            s.clock,
-            s.commits,
-            s.rejected,
-            s.pulls,
-            s.bytes_in,
-            s.bytes_out,
-            s.workers_connected(),
-        ];
-        let payload: Vec<u8> = fields.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.send(Op::StatsReply, &payload, &[])
+        let snapshot = self.shared.counters.snapshot(self.shared.centre.clock());
+        self.conn
+            .send(Op::StatsReply, &p::encode_stats(&snapshot), &[])
     }
 }
 

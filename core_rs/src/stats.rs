@@ -1,27 +1,74 @@
 //! Counters the server keeps while it runs: plain atomics and one small per-worker map.
+//!
+//! The schema is written once, here: `counters!` below lists the server's counters and makes the
+//! live atomics (`Counters`), the copy taken of them (`Snapshot`) and the named values of that copy
+//! (`Snapshot::fields`, named by `STATS_FIELDS`). The stats reply on the wire, the client's
+//! decoding of it and Python's `ParameterServer.stats()` all follow `Snapshot::fields`; the
+//! per-worker entries follow `WorkerStats::fields` the same way.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::protocol::Progress;
+use crate::protocol::{Progress, Traffic};
 
-#[derive(Default)]
-pub struct Counters {
-    pub commits: AtomicU64,
-    pub rejected: AtomicU64,
-    pub pulls: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
+/// Defines the server counters, each a `u64` that only goes up. Snapshots name them after the
+/// centre's `clock` and before `workers_connected`, the two values that are not counters.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// The live counters, updated by every connection's thread.
+        #[derive(Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            workers: Mutex<BTreeMap<u32, WorkerStats>>,
+        }
+
+        /// The counters at one moment, with the centre's clock and every worker's statistics.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct Snapshot {
+            pub clock: u64,
+            $($(#[$doc])* pub $name: u64,)*
+            pub workers: BTreeMap<u32, WorkerStats>,
+        }
+
+        /// The names of `Snapshot::fields`, in order.
+        pub const STATS_FIELDS: [&str; 2 + [$(stringify!($name)),*].len()] =
+            ["clock", $(stringify!($name),)* "workers_connected"];
+
+        impl Snapshot {
+            /// Every server-level value, named as in `STATS_FIELDS` and in that order.
+            pub fn fields(&self) -> [(&'static str, u64); STATS_FIELDS.len()] {
+                let values = [self.clock, $(self.$name,)* self.workers_connected()];
+                std::array::from_fn(|i| (STATS_FIELDS[i], values[i]))
+            }
+        }
+
+        impl Counters {
+            pub fn snapshot(&self, clock: u64) -> Snapshot {
+                Snapshot {
+                    clock,
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    workers: self.workers.lock().clone(),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    commits,
+    rejected,
+    pulls,
+    bytes_in,
+    bytes_out,
     /// Bytes of commit frames alone (a part of `bytes_in`), to show what compression saves.
-    pub commit_bytes: AtomicU64,
-    pub connections: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub protocol_errors: AtomicU64,
+    commit_bytes,
+    connections,
+    auth_failures,
+    protocol_errors,
     /// Connections dropped because their peer stayed silent too long.
-    pub timeouts: AtomicU64,
-    workers: Mutex<BTreeMap<u32, WorkerStats>>,
+    timeouts,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -37,6 +84,18 @@ pub struct WorkerStats {
     pub loss: f32,
 }
 
+/// One value of a worker's statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    Count(u64),
+    Real(f64),
+}
+
+/// The names of `WorkerStats::fields`, in order.
+pub fn worker_stats_fields() -> [&'static str; 8] {
+    WorkerStats::default().fields().map(|(name, _)| name)
+}
+
 impl WorkerStats {
     pub fn mean_staleness(&self) -> f64 {
         if self.commits == 0 {
@@ -45,22 +104,21 @@ impl WorkerStats {
             self.staleness_sum as f64 / self.commits as f64
         }
     }
-}
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    pub clock: u64,
-    pub commits: u64,
-    pub rejected: u64,
-    pub pulls: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub commit_bytes: u64,
-    pub connections: u64,
-    pub auth_failures: u64,
-    pub protocol_errors: u64,
-    pub timeouts: u64,
-    pub workers: BTreeMap<u32, WorkerStats>,
+    /// What the server shows of one worker, named and in order.
+    pub fn fields(&self) -> [(&'static str, Stat); 8] {
+        use Stat::{Count, Real};
+        [
+            ("connected", Count(self.connected.into())),
+            ("commits", Count(self.commits)),
+            ("pulls", Count(self.pulls)),
+            ("last_staleness", Count(self.last_staleness)),
+            ("max_staleness", Count(self.max_staleness)),
+            ("mean_staleness", Real(self.mean_staleness())),
+            ("samples", Count(self.samples)),
+            ("loss", Real(self.loss.into())),
+        ]
+    }
 }
 
 impl Snapshot {
@@ -71,6 +129,16 @@ impl Snapshot {
 
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// The server counts the frames of all its connections together.
+impl Traffic for &Counters {
+    fn sent(&mut self, bytes: u64) {
+        bump(&self.bytes_out, bytes);
+    }
+    fn received(&mut self, bytes: u64) {
+        bump(&self.bytes_in, bytes);
+    }
 }
 
 impl Counters {
@@ -105,22 +173,75 @@ impl Counters {
     pub fn worker_samples(&self, worker: u32) -> u64 {
         self.workers.lock().get(&worker).map_or(0, |w| w.samples)
     }
+}
 
-    pub fn snapshot(&self, clock: u64) -> Snapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Snapshot {
-            clock,
-            commits: get(&self.commits),
-            rejected: get(&self.rejected),
-            pulls: get(&self.pulls),
-            bytes_in: get(&self.bytes_in),
-            bytes_out: get(&self.bytes_out),
-            commit_bytes: get(&self.commit_bytes),
-            connections: get(&self.connections),
-            auth_failures: get(&self.auth_failures),
-            protocol_errors: get(&self.protocol_errors),
-            timeouts: get(&self.timeouts),
-            workers: self.workers.lock().clone(),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_follow_the_schema() {
+        let counters = Counters::default();
+        counters.add(&counters.commits, 3);
+        counters.add(&counters.timeouts, 2);
+        counters.worker_connected(4, 1);
+        counters.worker_connected(9, 1);
+        let fields = counters.snapshot(17).fields();
+        assert_eq!(fields.map(|(name, _)| name), STATS_FIELDS);
+        assert_eq!(
+            STATS_FIELDS,
+            [
+                "clock",
+                "commits",
+                "rejected",
+                "pulls",
+                "bytes_in",
+                "bytes_out",
+                "commit_bytes",
+                "connections",
+                "auth_failures",
+                "protocol_errors",
+                "timeouts",
+                "workers_connected",
+            ]
+        );
+        let value = |name| fields.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(
+            (value("clock"), value("commits"), value("timeouts")),
+            (17, 3, 2)
+        );
+        assert_eq!((value("workers_connected"), value("pulls")), (2, 0));
+    }
+
+    #[test]
+    fn worker_fields() {
+        let counters = Counters::default();
+        counters.worker_connected(1, 1);
+        let progress = Progress {
+            samples: 64,
+            loss: 0.25,
+        };
+        counters.worker_committed(1, 2, progress);
+        counters.worker_committed(1, 4, progress);
+        let w = counters.snapshot(0).workers[&1];
+        assert_eq!(w.fields().map(|(name, _)| name), worker_stats_fields());
+        assert_eq!(
+            worker_stats_fields(),
+            [
+                "connected",
+                "commits",
+                "pulls",
+                "last_staleness",
+                "max_staleness",
+                "mean_staleness",
+                "samples",
+                "loss",
+            ]
+        );
+        let f = w.fields();
+        assert_eq!(f[1].1, Stat::Count(2));
+        assert_eq!(f[4].1, Stat::Count(4));
+        assert_eq!(f[5].1, Stat::Real(3.0));
+        assert_eq!(f[7].1, Stat::Real(0.25));
     }
 }

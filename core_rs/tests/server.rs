@@ -350,3 +350,69 @@ fn a_centre_resumes_its_clock() {
     let mut out = [0.0; 2];
     assert_eq!(centre.pull(&mut out).unwrap(), 41);
 }
+
+#[test]
+fn client_stats_name_every_server_field() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 3]);
+    let mut c = connect(&server, &layout, 2);
+    c.commit(&[1.0; 3], None).unwrap();
+    let before = c.bytes_in();
+    let remote = c.stats().unwrap();
+    let names: Vec<&str> = remote.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, p::STATS_FIELDS);
+    let local = server.stats();
+    assert_eq!(remote.len(), local.fields().len());
+    for ((name, got), (_, now)) in remote.iter().zip(local.fields()) {
+        match *name {
+            // The reply itself was sent after its snapshot was taken.
+            "bytes_out" => assert_eq!(*got, before, "bytes_out"),
+            _ => assert_eq!(*got, now, "{name}"),
+        }
+    }
+    assert_eq!(
+        c.bytes_in(),
+        before + (p::HEADER_LEN + p::STATS_REPLY_LEN) as u64
+    );
+    let get = |field: &str| remote.iter().find(|(n, _)| *n == field).unwrap().1;
+    assert_eq!((get("commits"), get("workers_connected")), (1, 1));
+}
+
+#[test]
+fn codec_checks_come_from_the_codec_table() {
+    let layout = Layout::flat(8).unwrap();
+    let mut config = ServerConfig::new("127.0.0.1", 0, SECRET.to_vec());
+    config.accept_codecs = Some(vec!["none".into(), "zip".into()]);
+    let centre = Arc::new(Centre::new(Rule::Add { scale: 1.0 }, &[0.0; 8]).unwrap());
+    let err = Server::start(Arc::clone(&centre), layout.clone(), config)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("codec families: none, fp16, bf16, int8, topk")),
+        "{err}"
+    );
+    let server = Server::start(
+        centre,
+        layout.clone(),
+        ServerConfig::new("127.0.0.1", 0, SECRET.to_vec()),
+    )
+    .unwrap();
+    let err = connect_with(&server, &layout, 0, "none", "int8")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("pulls can use none, fp16 or bf16, not int8"),
+        "{err}"
+    );
+
+    let (elastic, layout) = start(Rule::Elastic { alpha: 0.5 }, &[0.0; 8]);
+    let err = connect_with(&elastic, &layout, 0, "topk:0.5", "none")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("which topk:0.5 cannot compress; use none, fp16 or bf16"),
+        "{err}"
+    );
+    assert!(connect_with(&elastic, &layout, 1, "bf16", "fp16").is_ok());
+}

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArray1};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -15,19 +14,26 @@ use super::{released, to_py, LayoutMismatchError, ServerClosedError};
 use crate::centre::{Centre, Finite};
 use crate::client::{Client, ClientOptions};
 use crate::codec::Codec;
+use crate::error::{check_len, Error};
 use crate::layout::Layout;
 use crate::protocol::Progress;
 use crate::rules::Rule;
 use crate::server::{Server, ServerConfig};
+use crate::stats::Stat;
+
+/// `InvalidArgumentError(msg)`, like every unusable argument the core itself refuses.
+fn invalid(msg: String) -> PyErr {
+    to_py(Error::invalid(msg))
+}
 
 fn slice<'a>(a: &'a PyReadonlyArray1<'_, f32>, what: &str) -> PyResult<&'a [f32]> {
     a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{what} must be a contiguous float32 array")))
+        .map_err(|_| invalid(format!("{what} must be a contiguous float32 array")))
 }
 
 fn slice_mut<'a>(a: &'a mut PyReadwriteArray1<'_, f32>, what: &str) -> PyResult<&'a mut [f32]> {
     a.as_slice_mut().map_err(|_| {
-        PyValueError::new_err(format!(
+        invalid(format!(
             "{what} must be a contiguous, writable float32 array"
         ))
     })
@@ -35,13 +41,11 @@ fn slice_mut<'a>(a: &'a mut PyReadwriteArray1<'_, f32>, what: &str) -> PyResult<
 
 /// A positive number of seconds (a zero socket timeout would mean "no timeout" to the OS).
 fn seconds(what: &str, s: f64) -> PyResult<Duration> {
+    let bad = || invalid(format!("{what} must be a positive number of seconds"));
     if s <= 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "{what} must be a positive number of seconds"
-        )));
+        return Err(bad());
     }
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| PyValueError::new_err(format!("{what} must be a positive number of seconds")))
+    Duration::try_from_secs_f64(s).map_err(|_| bad())
 }
 
 /// The shapes of a model's weight tensors, laid end to end in one flat float32 vector.
@@ -104,13 +108,7 @@ impl PyLayout {
             )));
         }
         let out = slice_mut(&mut out, "out")?;
-        if out.len() != self.inner.num_params() {
-            return Err(PyValueError::new_err(format!(
-                "out has {} values, the layout has {}",
-                out.len(),
-                self.inner.num_params()
-            )));
-        }
+        check_len("out", out.len(), "the layout", self.inner.num_params()).map_err(to_py)?;
         for (i, (array, (shape, &offset))) in arrays
             .iter()
             .zip(shapes.iter().zip(self.inner.offsets()))
@@ -186,9 +184,14 @@ impl PyCentre {
         self.inner.rule().name()
     }
 
+    /// The rule's parameters, in the order of `RULE_PARAMS`.
     #[getter]
-    fn rule_params(&self) -> HashMap<&'static str, f64> {
-        self.inner.rule().params().into_iter().collect()
+    fn rule_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, value) in self.inner.rule().params() {
+            d.set_item(name, value)?;
+        }
+        Ok(d)
     }
 
     /// Copies a consistent snapshot into `out`; returns its clock.
@@ -272,16 +275,7 @@ impl PyServer {
         config.idle_timeout = idle_timeout
             .map(|t| seconds("idle_timeout", t))
             .transpose()?;
-        if let Some(kinds) = &codecs {
-            for kind in kinds {
-                if !["none", "fp16", "bf16", "int8", "topk"].contains(&kind.as_str()) {
-                    return Err(PyValueError::new_err(format!(
-                        "unknown codec {kind:?}; codec families: none, fp16, bf16, int8, topk"
-                    )));
-                }
-            }
-        }
-        config.accept_codecs = codecs;
+        config.accept_codecs = codecs; // checked against `codec::families()` by `Server::start`
         let (centre, layout) = (Arc::clone(&centre.inner), layout.inner.clone());
         Ok(PyServer {
             inner: released(py, || Server::start(centre, layout, config))?,
@@ -321,33 +315,23 @@ impl PyServer {
         })
     }
 
-    /// Counters: commits, rejected, pulls, bytes in and out, and per-worker staleness.
+    /// Counters (named as in `STATS_FIELDS`), then `workers`: each worker's statistics (named
+    /// as in `WORKER_STATS_FIELDS`) by worker id.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);
-        d.set_item("clock", s.clock)?;
-        d.set_item("commits", s.commits)?;
-        d.set_item("rejected", s.rejected)?;
-        d.set_item("pulls", s.pulls)?;
-        d.set_item("bytes_in", s.bytes_in)?;
-        d.set_item("bytes_out", s.bytes_out)?;
-        d.set_item("commit_bytes", s.commit_bytes)?;
-        d.set_item("connections", s.connections)?;
-        d.set_item("auth_failures", s.auth_failures)?;
-        d.set_item("protocol_errors", s.protocol_errors)?;
-        d.set_item("timeouts", s.timeouts)?;
-        d.set_item("workers_connected", s.workers_connected())?;
+        for (name, value) in s.fields() {
+            d.set_item(name, value)?;
+        }
         let workers = PyDict::new(py);
         for (id, w) in &s.workers {
             let wd = PyDict::new(py);
-            wd.set_item("connected", w.connected)?;
-            wd.set_item("commits", w.commits)?;
-            wd.set_item("pulls", w.pulls)?;
-            wd.set_item("last_staleness", w.last_staleness)?;
-            wd.set_item("max_staleness", w.max_staleness)?;
-            wd.set_item("mean_staleness", w.mean_staleness())?;
-            wd.set_item("samples", w.samples)?;
-            wd.set_item("loss", w.loss)?;
+            for (name, value) in w.fields() {
+                match value {
+                    Stat::Count(n) => wd.set_item(name, n)?,
+                    Stat::Real(x) => wd.set_item(name, x)?,
+                }
+            }
             workers.set_item(id, wd)?;
         }
         d.set_item("workers", workers)?;
@@ -506,10 +490,15 @@ impl PyClient {
         Ok(released(py, || client.flush())?.map(|a| (a.clock, a.staleness)))
     }
 
-    /// The server's counters as seen over the wire.
-    fn stats(&mut self, py: Python<'_>) -> PyResult<HashMap<&'static str, u64>> {
+    /// The server's counters as seen over the wire, named as in `STATS_FIELDS`.
+    fn stats<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let client = self.open()?;
-        Ok(released(py, || client.stats())?.into_iter().collect())
+        let fields = released(py, || client.stats())?;
+        let d = PyDict::new(py);
+        for (name, value) in fields {
+            d.set_item(name, value)?;
+        }
+        Ok(d)
     }
 
     /// Says goodbye and closes the socket. Safe to call twice.
@@ -556,9 +545,27 @@ impl PyCodec {
         self.inner.name()
     }
 
+    /// The codec's family: one of `CODECS`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
     #[getter]
     fn lossy(&self) -> bool {
         self.inner.lossy()
+    }
+
+    /// Whether pulls may use it (its family is in `PULL_CODECS`).
+    #[getter]
+    fn pull_capable(&self) -> bool {
+        self.inner.can_pull()
+    }
+
+    /// Whether elastic commits, which carry weights, may use it (its family is in `ELASTIC_CODECS`).
+    #[getter]
+    fn elastic_capable(&self) -> bool {
+        self.inner.can_carry_weights()
     }
 
     fn max_encoded_len(&self, num_values: usize) -> usize {
