@@ -8,6 +8,9 @@ import pytest
 from distkeras_plus import Centre, Layout, ParameterServer
 from distkeras_plus.ps import new_secret
 
+# The punchcard tests' daemon and fixtures (model_file, daemon, stop_daemons): punchcard_daemon.py.
+pytest_plugins = ["punchcard_daemon"]
+
 
 @pytest.fixture
 def secret() -> bytes:

@@ -1,4 +1,6 @@
-"""A real punchcard daemon on a loopback port, in a child process, for the punchcard tests."""
+"""A real punchcard daemon on a loopback port, in a child process, and the fixtures the punchcard
+tests share. conftest.py loads this module as a plugin (`pytest_plugins`): a test module asks for
+`model_file` or `daemon` by name and imports only the helpers it calls."""
 
 from __future__ import annotations
 
@@ -25,11 +27,31 @@ _STARTED: list[Daemon] = []
 
 @pytest.fixture(autouse=True)
 def stop_daemons() -> Iterator[None]:
-    """Imported by each punchcard test module: daemons a test started go when it ends, pass or fail."""
+    """Daemons a test started go when it ends, pass or fail (in a test that starts none, nothing)."""
     before = len(_STARTED)
     yield
     while len(_STARTED) > before:
         _STARTED.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small saved Keras model to upload. The daemon only checks that Keras loads it in safe
+    mode and the stub hands it back as the trained model: its shape is never looked at."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One stub daemon for the test module, with `--kill-grace=2`."""
+    d = stub_daemon(tmp_path_factory.mktemp("punchcard"), "--kill-grace=2")
+    yield d
+    d.stop()
 
 
 def stub_python(folder: Path) -> Path:
@@ -107,6 +129,37 @@ class Daemon:
         """SIGKILL: a crash, with no chance to clean up."""
         self.proc.kill()
         self.proc.wait(timeout=30)
+
+    def running_pid(self, job_id: str, timeout: float = 30) -> int:
+        """The job's child, from the store (so also once the daemon is gone): the daemon records
+        it just after marking the job running."""
+        store = self.store()
+        deadline = time.monotonic() + timeout
+        try:
+            while (job := store.get(job_id)) is not None and job.pid is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            store.close()
+        assert job is not None and job.pid is not None
+        return job.pid
+
+    def stub_children(self, job_id: str, timeout: float = 30) -> list[int]:
+        """The pids a stub job run with seed 2 writes once it has started its grandchildren: its
+        own first, then theirs."""
+        path = self.state / "jobs" / job_id / "children.json"
+        deadline = time.monotonic() + timeout
+        while True:
+            text = path.read_text() if path.exists() else ""
+            if text.endswith("]"):  # all of it written
+                pids: list[int] = json.loads(text)
+                return pids
+            assert time.monotonic() < deadline, f"job {job_id} has written no {path.name}"
+            time.sleep(0.05)
+
+
+def stub_daemon(folder: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
+    """A daemon whose jobs run the stub (`stub_python(folder)`), its state in `folder / "state"`."""
+    return Daemon(folder / "state", f"--python={stub_python(folder)}", *args, env=env)
 
 
 def submit(

@@ -6,36 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from punchcard_daemon import (
-    FINAL,
-    Daemon,
-    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
-    stub_python,
-    submit,
-    wait_for,
-)
+from punchcard_daemon import FINAL, stub_daemon, submit, wait_for
 
 from distkeras_plus.punchcard import procs
-
-
-@pytest.fixture(scope="session")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10)]
-    )
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    model.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +24,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data = root / "data"
     data.mkdir()
     (data / "train.parquet").write_bytes(b"not read by the stub")
-    daemon = Daemon(
-        root / "state",
-        f"--python={stub_python(root)}",
+    daemon = stub_daemon(
+        root,
         f"--data-root={data}",
         "--max-upload-mb=0.25",
         "--max-concurrent-jobs=2",
@@ -253,12 +231,7 @@ def test_cancel_stops_every_process_of_a_running_job(world: dict[str, Any], mode
     with world["daemon"].client(world["alice"]) as c:
         job_id = submit(c, spec(world, seed=2), model_file).json()["id"]
         wait_for(c, job_id, {"running"})
-        children = world["daemon"].state / "jobs" / job_id / "children.json"
-        deadline = time.monotonic() + 30
-        while not children.exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        pids = json.loads(children.read_text())
+        pids = world["daemon"].stub_children(job_id)
         session = procs.session_members(pids[0])
         assert {p.pid for p in session} >= set(pids)  # the child and its grandchildren, one session
         assert len({os.getpgid(p) for p in pids}) == 2  # one grandchild has left the process group
@@ -419,7 +392,7 @@ def test_job_ids_are_not_paths(world: dict[str, Any], alice_job: dict[str, Any],
 
 def test_queue_limit_per_user(tmp_path: Path, model_file: Path) -> None:
     (tmp_path / "d").mkdir()
-    daemon = Daemon(tmp_path / "state", f"--python={stub_python(tmp_path)}", "--max-queued-per-user=2")
+    daemon = stub_daemon(tmp_path, "--max-queued-per-user=2")
     try:
         token = daemon.add_user("carol")
         with daemon.client(token) as c:

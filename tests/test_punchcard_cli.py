@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from punchcard_daemon import (
-    Daemon,
-    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
-    stub_python,
-)
+from punchcard_daemon import Daemon
 
 from distkeras_plus.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    root = tmp_path_factory.mktemp("punchcard")
-    d = Daemon(root / "state", f"--python={stub_python(root)}", "--kill-grace=2")
-    yield d
-    d.stop()
 
 
 def dk(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -10,13 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from punchcard_daemon import (
-    Daemon,
-    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
-    stub_python,
-    submit,
-    wait_for,
-)
+from punchcard_daemon import stub_daemon, submit, wait_for
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -46,26 +40,25 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
-def test_the_page_lists_my_jobs_with_their_state(browser: object, tmp_path: Path) -> None:
-    import keras
+def test_the_page_lists_my_jobs_with_their_state(browser: object, model_file: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
-    model = tmp_path / "m.keras"
-    keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]).save(model)
-    daemon = Daemon(tmp_path / "state", f"--python={stub_python(tmp_path)}", "--kill-grace=2")
+    daemon = stub_daemon(tmp_path, "--kill-grace=2")
     try:
         alice, bob = daemon.add_user("alice"), daemon.add_user("bob")
         with daemon.client(alice) as c:
-            done = wait_for(c, submit(c, {"data": str(tmp_path), "name": "finished one"}, model).json()["id"])
+            done = wait_for(
+                c, submit(c, {"data": str(tmp_path), "name": "finished one"}, model_file).json()["id"]
+            )
             sneaky = "<img src=x onerror=\"document.title='owned'\">"
-            running = submit(c, {"data": str(tmp_path), "seed": 2, "name": sneaky}, model).json()["id"]
+            running = submit(c, {"data": str(tmp_path), "seed": 2, "name": sneaky}, model_file).json()["id"]
             wait_for(c, running, {"running"})
         with daemon.client(bob) as c:
-            theirs = submit(c, {"data": str(tmp_path), "name": "bob's"}, model).json()["id"]
+            theirs = submit(c, {"data": str(tmp_path), "name": "bob's"}, model_file).json()["id"]
 
         browser.get(daemon.url + "/")
         wait = WebDriverWait(browser, 30)

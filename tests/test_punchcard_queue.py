@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -15,47 +14,17 @@ from typing import Any
 
 import httpx
 import pytest
-from punchcard_daemon import (
-    Daemon,
-    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
-    stub_python,
-    submit,
-    wait_for,
-)
+from punchcard_daemon import Daemon, stub_daemon, submit, wait_for
 
 from distkeras_plus.punchcard import procs
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]).save(path)
-    return path
-
-
-def _running_pid(daemon: Daemon, job_id: str) -> int:
-    """The job's child: the daemon records it just after marking the job running."""
-    store = daemon.store()
-    deadline = time.monotonic() + 30
-    try:
-        while (job := store.get(job_id)) is not None and job.pid is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        store.close()
-    assert job is not None and job.pid is not None
-    return job.pid
 
 
 @pytest.mark.parametrize("requeue", [False, True])
 def test_a_restart_in_the_middle_of_a_queue_loses_nothing(
     tmp_path: Path, model_file: Path, requeue: bool
 ) -> None:
-    stub = stub_python(tmp_path)
     data = str(tmp_path)
-    daemon = Daemon(tmp_path / "state", f"--python={stub}", "--kill-grace=2")
+    daemon = stub_daemon(tmp_path, "--kill-grace=2")
     token = daemon.add_user("alice")
     with daemon.client(token) as c:
         done = wait_for(c, submit(c, {"data": data, "epochs": 1}, model_file).json()["id"])["id"]
@@ -67,18 +36,15 @@ def test_a_restart_in_the_middle_of_a_queue_loses_nothing(
         cancelled = submit(c, {"data": data}, model_file).json()["id"]
         c.post(f"/jobs/{cancelled}/cancel")
         wait_for(c, running, {"running"})
-        children = tmp_path / "state" / "jobs" / running / "children.json"
-        while not children.exists():
-            time.sleep(0.05)
-        orphans = json.loads(children.read_text())
+        orphans = daemon.stub_children(running)
         assert [j["state"] for j in c.get("/jobs").json()["jobs"]][:5] == ["cancelled", *["queued"] * 4]
 
     daemon.kill()  # no clean-up: the job's processes outlive the daemon
     assert procs.stat(orphans[0]) is not None
-    assert _running_pid(daemon, running) == orphans[0]
+    assert daemon.running_pid(running) == orphans[0]
 
     args = ["--requeue-interrupted"] if requeue else []
-    again = Daemon(tmp_path / "state", f"--python={stub}", "--kill-grace=2", *args)
+    again = stub_daemon(tmp_path, "--kill-grace=2", *args)
     try:
         assert again.info["recovered_jobs"] == [running]
         # The new daemon stopped every process the old one had left running.
@@ -113,15 +79,15 @@ def test_a_restart_in_the_middle_of_a_queue_loses_nothing(
 
 
 def test_a_clean_stop_stops_the_jobs_too(tmp_path: Path, model_file: Path) -> None:
-    daemon = Daemon(tmp_path / "state", f"--python={stub_python(tmp_path)}", "--kill-grace=2")
+    daemon = stub_daemon(tmp_path, "--kill-grace=2")
     token = daemon.add_user("alice")
     with daemon.client(token) as c:
         job_id = submit(c, {"data": str(tmp_path), "seed": 2}, model_file).json()["id"]
         wait_for(c, job_id, {"running"})
-    pid = _running_pid(daemon, job_id)
+    pid = daemon.running_pid(job_id)
     daemon.stop()
     assert procs.session_members(pid) == []
-    again = Daemon(tmp_path / "state", f"--python={stub_python(tmp_path)}")
+    again = stub_daemon(tmp_path)
     try:
         with again.client(token) as c:
             assert c.get(f"/jobs/{job_id}").json()["state"] == "failed"
@@ -160,7 +126,7 @@ def test_one_daemon_per_state_folder(tmp_path: Path) -> None:
 def test_load_status_requests_and_queued_submissions(tmp_path: Path, model_file: Path) -> None:
     """Dozens of submissions and hundreds of concurrent status requests: all answered, no job lost."""
     submissions, status_requests, concurrency = 40, 600, 64
-    daemon = Daemon(tmp_path / "state", f"--python={stub_python(tmp_path)}", "--max-concurrent-jobs=2")
+    daemon = stub_daemon(tmp_path, "--max-concurrent-jobs=2")
     tokens = [daemon.add_user(f"user{i}") for i in range(4)]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     clients = [

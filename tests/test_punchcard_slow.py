@@ -8,12 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from punchcard_daemon import (
-    Daemon,
-    stop_daemons,  # noqa: F401 - a fixture: a test's daemons stop with it
-    submit,
-    wait_for,
-)
+from punchcard_daemon import Daemon, submit, wait_for
 
 from distkeras_plus.punchcard import procs
 
@@ -95,15 +90,11 @@ def test_cancel_stops_the_spark_jvm_too(setup: tuple[Path, Path], tmp_path: Path
         with daemon.client(token) as c:
             job_id = submit(c, spec, model_file).json()["id"]
             wait_for(c, job_id, {"running"})
-            store = daemon.store()
-            while (job := store.get(job_id)) is not None and job.pid is None:
-                time.sleep(0.05)  # running comes first, then the child's pid
-            store.close()
-            assert job is not None and job.pid is not None
+            child = daemon.running_pid(job_id)  # running comes first, then the child's pid
             # Wait until the child has started Spark's JVM: that is what must not outlive a cancel.
             deadline = time.monotonic() + 300
             while True:
-                members = procs.session_members(job.pid)
+                members = procs.session_members(child)
                 commands = {p.pid: (Path(f"/proc/{p.pid}/cmdline").read_bytes()) for p in members}
                 if any(b"java" in cmd for cmd in commands.values()) and (
                     c.get(f"/jobs/{job_id}").json()["progress"] is not None
@@ -117,7 +108,7 @@ def test_cancel_stops_the_spark_jvm_too(setup: tuple[Path, Path], tmp_path: Path
             job_json = wait_for(c, job_id, timeout=60)
             took = time.monotonic() - started
         assert job_json["state"] == "cancelled", json.dumps(job_json)
-        assert procs.session_members(job.pid) == []
+        assert procs.session_members(child) == []
         for pid in pids:
             state = procs.stat(pid)
             assert state is None or state.state == "Z", f"{commands[pid][:200]!r} survived the cancel"
