@@ -73,8 +73,8 @@ def training(spark: Any, data: Any, epochs: int) -> list[dict[str, Any]]:
 
 
 def run(sizes: list[int], quick: bool = False) -> dict[str, Any]:
-    from distkeras_plus.datasets import digits
-    from distkeras_plus.engine import local_session
+    from distkeras_plus.data.datasets import digits
+    from distkeras_plus.spark.session import local_session
 
     results: dict[str, Any] = {"benchmark": "codecs", "machine": machine.describe()}
     results["speed"] = [row for n in sizes for row in speed(n, 3 if quick else 10)]

@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks import machine
 from benchmarks.baselines.original_ps import DeltaParameterServer, OriginalClient
 from distkeras_plus import Centre, Client, Layout, ParameterServer
-from distkeras_plus.ps import new_secret
+from distkeras_plus.ps.serve import new_secret
 
 TARGETS = {"apply_vs_numpy": 0.8, "round_trip_vs_socket": 0.5, "round_trip_vs_original": 20.0}
 

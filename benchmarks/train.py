@@ -99,7 +99,7 @@ def distributed(spark: Any, data: Any, optimizer: str, batch_size: int, **option
 
 def fashion_mnist() -> Any | None:
     """Fashion-MNIST when it is present (`DK_DATA_DIR`, Debian's dataset-fashion-mnist)."""
-    from distkeras_plus import datasets
+    from distkeras_plus.data import datasets
 
     try:
         return datasets.fashion_mnist()
@@ -108,8 +108,8 @@ def fashion_mnist() -> Any | None:
 
 
 def run(batch_size: int = 32, datasets: list[str] | None = None) -> dict[str, Any]:
-    from distkeras_plus.datasets import digits
-    from distkeras_plus.engine import local_session
+    from distkeras_plus.data.datasets import digits
+    from distkeras_plus.spark.session import local_session
 
     spark = local_session(2)
     spark.sparkContext.setLogLevel("ERROR")

@@ -1,18 +1,6 @@
 """distkeras-plus: data-parallel training of Keras 3 models on Apache Spark."""
 
-from distkeras_plus._core import (
-    AuthenticationError,
-    Centre,
-    Client,
-    Codec,
-    CommitRejectedError,
-    DkError,
-    Layout,
-    LayoutMismatchError,
-    ParameterServer,
-    ProtocolError,
-    ServerClosedError,
-)
+from distkeras_plus._core import Centre, Client, Codec, Layout, ParameterServer
 from distkeras_plus.api import (
     ADAG,
     AEASGD,
@@ -27,10 +15,24 @@ from distkeras_plus.api import (
     Trainer,
     train,
 )
-from distkeras_plus.engine import TrainingError, TrainResult
-from distkeras_plus.hookspecs import hookimpl
-from distkeras_plus.optimizers import OptimizerSpec, Option, OptionError, RuleChoice
-from distkeras_plus.weights import FlatWeights
+from distkeras_plus.errors import (
+    AuthenticationError,
+    CommitRejectedError,
+    DataError,
+    DkError,
+    InvalidArgumentError,
+    LayoutMismatchError,
+    OptionError,
+    ProtocolError,
+    ServerClosedError,
+    SettingError,
+    TrainingError,
+)
+from distkeras_plus.plugins.hookspecs import hookimpl
+from distkeras_plus.plugins.spec import OptimizerSpec, Option, RuleChoice
+from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.settings import RunConfig
+from distkeras_plus.spark.driver import TrainResult
 
 __version__ = "0.1.0"
 
@@ -46,11 +48,13 @@ __all__ = [
     "Client",
     "Codec",
     "CommitRejectedError",
+    "DataError",
     "DkError",
     "DynSGD",
     "EnsembleTrainer",
     "Experimental",
     "FlatWeights",
+    "InvalidArgumentError",
     "Layout",
     "LayoutMismatchError",
     "OptimizerSpec",
@@ -59,7 +63,9 @@ __all__ = [
     "ParameterServer",
     "ProtocolError",
     "RuleChoice",
+    "RunConfig",
     "ServerClosedError",
+    "SettingError",
     "SingleTrainer",
     "TrainResult",
     "Trainer",

@@ -1,124 +1,77 @@
-"""The Python API: `train(df, model, plugin=...)` and one trainer class per built-in optimizer."""
+"""The Python API: `train(df, model, plugin=...)` and one trainer class per built-in optimizer.
+
+Their keywords are the run's settings (`distkeras_plus.settings.RunConfig`); any other keyword
+is an option of the optimizer (`window=12`)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
-from distkeras_plus.checkpoint import Checkpoint, Folder, Policy
-from distkeras_plus.engine import TrainResult
-from distkeras_plus.engine import train as _train
+from distkeras_plus.ps.checkpoint import Checkpoint, Folder
+from distkeras_plus.settings import RunConfig, from_keywords, keywords_doc, signature
+from distkeras_plus.spark import driver
+from distkeras_plus.spark.driver import TrainResult
 
 
 def train(
     df: Any,
     model: Any,
-    plugin: str = "adag",
+    plugin: str | None = None,
     *,
-    features_col: str = "features",
-    label_col: str = "label",
-    num_workers: int = 2,
-    epochs: int = 1,
-    batch_size: int = 32,
-    loss: Any = None,
-    metrics: list[Any] | None = None,
-    worker_optimizer: Any = None,
-    seed: int = 0,
-    ps_host: str | None = None,
-    codec: str | None = None,
-    pull_codec: str = "none",
-    timeout: float = 600.0,
-    checkpoint_dir: str | None = None,
-    checkpoint_every: int | None = None,
-    checkpoint_seconds: float | None = 60.0,
+    config: RunConfig | None = None,
     resume: Checkpoint | str | None = None,
-    **options: Any,
+    **settings: Any,
 ) -> TrainResult:
     """Trains a Keras model data-parallel on a Spark DataFrame.
 
-    `df` has a features column (array of numbers or ML vector) and a label column (class index or
-    one-hot); it may also be the path of a Parquet or CSV file or folder (see `data.read`).
-    `plugin` names a distributed optimizer (`dk plugins list`); `options` are its own
-    (e.g. `window=12`). `loss` defaults to sparse or plain categorical cross-entropy, depending on
-    the label; `worker_optimizer` is any Keras optimizer name or config. `codec` compresses commits
-    (`none`, `fp16`, `bf16`, `int8`, `int8:stochastic`, `topk:RATIO`; default: the optimizer's),
-    `pull_codec` pulls (`none`, `fp16`, `bf16`). `timeout` (seconds) drops a worker that stays
-    silent that long and abandons a synchronous round that waits that long for a worker.
+        `df` has a features column (array of numbers or ML vector) and a label column (class index or
+        one-hot); it may also be the path of a Parquet or CSV file or folder (see `data.tables.read`).
+        `plugin` names a distributed optimizer (`dk plugins list`). The settings come as keywords, or
+        whole as `config` (a `RunConfig`; keywords given too replace its values). A keyword that is
+        not a setting is an option of the optimizer (e.g. `window=12`, see `dk plugins info NAME`).
 
-    `checkpoint_dir` (a local folder or a Hadoop URI) receives the centre, its clock and the run's
-    configuration every `checkpoint_every` commits and/or `checkpoint_seconds` seconds, and at the
-    end. `resume` (a `Checkpoint`, or a checkpoint folder: its newest valid checkpoint) starts from
-    that centre and clock and skips the epochs it had done; the model must have the same weights'
-    shapes. Returns the trained model with each worker's history and the parameter server's
-    statistics.
+        `resume` (a `Checkpoint`, or a checkpoint folder: its newest valid checkpoint) starts from
+        that centre and clock and skips the epochs it had done; the model must have the same weights'
+        shapes. Returns the trained model with each worker's history and the parameter server's
+        statistics.
+
+        Settings:
+    {settings}
     """
+    if plugin is not None:
+        settings["plugin"] = plugin
+    run = from_keywords(settings, config)  # a bad setting fails here, before Spark is touched
     if isinstance(resume, str):
         resume = Folder(resume, getattr(df, "sparkSession", None)).latest()
-    return _train(
-        df,
-        model,
-        plugin,
-        options,
-        features_col=features_col,
-        label_col=label_col,
-        num_workers=num_workers,
-        epochs=epochs,
-        batch_size=batch_size,
-        loss=loss,
-        metrics=metrics,
-        worker_optimizer=worker_optimizer,
-        seed=seed,
-        ps_host=ps_host,
-        codec=codec,
-        pull_codec=pull_codec,
-        timeout=timeout,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_policy=Policy(checkpoint_every, checkpoint_seconds),
-        resume=resume,
-    )
+    return driver.train(df, model, run, resume=resume)
+
+
+train.__doc__ = (train.__doc__ or "").replace("{settings}", keywords_doc())
+_HEAD = [
+    inspect.Parameter("df", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("plugin", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None),
+    inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None),
+]
+train.__signature__ = signature(_HEAD)  # type: ignore[attr-defined]
 
 
 class Trainer:
     """`Trainer(model, loss=..., worker_optimizer=..., num_workers=2, ...).train(df)` returns the
-    trained Keras model; `history` and `ps_stats` hold the run's record afterwards."""
+    trained Keras model; `history` and `ps_stats` hold the run's record afterwards. The keywords
+    are `train`'s, with the original's `num_epoch` for `epochs`."""
 
     plugin: ClassVar[str]
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        loss: Any = None,
-        worker_optimizer: Any = None,
-        metrics: list[Any] | None = None,
-        num_workers: int = 2,
-        batch_size: int = 32,
-        num_epoch: int = 1,
-        features_col: str = "features",
-        label_col: str = "label",
-        seed: int = 0,
-        codec: str | None = None,
-        pull_codec: str = "none",
-        **options: Any,
-    ) -> None:
+    def __init__(self, model: Any, *, config: RunConfig | None = None, **settings: Any) -> None:
         self.model = model
-        self.settings: dict[str, Any] = {
-            "loss": loss,
-            "worker_optimizer": worker_optimizer,
-            "metrics": metrics,
-            "num_workers": num_workers,
-            "batch_size": batch_size,
-            "epochs": num_epoch,
-            "features_col": features_col,
-            "label_col": label_col,
-            "seed": seed,
-            "codec": codec,
-            "pull_codec": pull_codec,
-        }
-        self.options = options
+        self.config = from_keywords({**settings, "plugin": self.plugin}, config, legacy=True)
         self.result: TrainResult | None = None
 
     def train(self, df: Any) -> Any:
-        self.result = train(df, self.model, self.plugin, **self.settings, **self.options)
+        self.result = driver.train(df, self.model, self.config)
         return self.result.model
 
     @property
@@ -128,6 +81,16 @@ class Trainer:
     @property
     def ps_stats(self) -> dict[str, Any]:
         return self.result.ps_stats if self.result else {}
+
+
+Trainer.__init__.__signature__ = signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None),
+    ],
+    legacy=True,
+)
 
 
 class DOWNPOUR(Trainer):

@@ -25,8 +25,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from distkeras_plus.data import DataError
-from distkeras_plus.predict import from_confusion, label_index, predict
+from distkeras_plus.errors import DataError
+from distkeras_plus.spark.predict import from_confusion, label_index, predict
 
 
 def _column(df: DataFrame, name: str) -> tuple[Column, T.DataType]:

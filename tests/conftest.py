@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from distkeras_plus import Centre, Layout, ParameterServer
-from distkeras_plus.ps import new_secret
+from distkeras_plus.ps.serve import new_secret
 
 # The punchcard tests' daemon and fixtures (model_file, daemon, stop_daemons): punchcard_daemon.py.
 pytest_plugins = ["punchcard_daemon"]
@@ -28,7 +28,7 @@ def server(secret: bytes) -> Iterator[ParameterServer]:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     """One local[2] Spark session for the whole run (starting one takes seconds)."""
-    from distkeras_plus.engine import local_session
+    from distkeras_plus.spark.session import local_session
 
     session = local_session(2)
     session.sparkContext.setLogLevel("ERROR")
@@ -38,6 +38,6 @@ def spark() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def digits_data() -> object:
-    from distkeras_plus.datasets import digits
+    from distkeras_plus.data.datasets import digits
 
     return digits()

@@ -13,11 +13,14 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from distkeras_plus import Centre, Client, ParameterServer, registry
-from distkeras_plus.engine import load_model, model_bytes
-from distkeras_plus.ps import new_secret
-from distkeras_plus.weights import FlatWeights
-from distkeras_plus.worker import Batches, WorkerContext
+from distkeras_plus import Centre, Client, ParameterServer
+from distkeras_plus.data.storage import model_bytes
+from distkeras_plus.data.tables import Columns
+from distkeras_plus.plugins import registry
+from distkeras_plus.ps.serve import new_secret
+from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.spark.executor import WorkerConfig, build_context
+from distkeras_plus.worker import WorkerContext
 
 
 class Recorder:
@@ -25,6 +28,10 @@ class Recorder:
 
     def __init__(self, client: Client, log: list[dict[str, Any]], lock: threading.Lock, worker: int) -> None:
         self.client, self.log, self.lock, self.worker = client, log, lock, worker
+
+    @property
+    def resume_samples(self) -> int:
+        return self.client.resume_samples
 
     def pull(self, out: np.ndarray) -> int:
         clock = self.client.pull(out)
@@ -90,8 +97,6 @@ def run_threads(
     worker_optimizer: Any = None,
     loss: str = "sparse_categorical_crossentropy",
 ) -> Run:
-    import keras
-
     spec = registry.get(optimizer).spec
     opts = spec.parse_options(options or {})
     n = len(parts)
@@ -100,7 +105,6 @@ def run_threads(
     secret = new_secret()
     log: list[dict[str, Any]] = []
     lock = threading.Lock()
-    archive = model_bytes(model)
     contexts: list[WorkerContext] = []
     errors: list[BaseException] = []
     gather_lock = threading.Barrier(n)
@@ -116,24 +120,38 @@ def run_threads(
         flat.layout,
         secret,
     ) as server:
+        # The workers are built as on an executor, from the same plain data.
+        cfg = WorkerConfig(
+            optimizer=optimizer,
+            options=opts,
+            model=model_bytes(model),
+            loss=loss,
+            metrics=[],
+            worker_optimizer=worker_optimizer or spec.worker_optimizer_for(opts),
+            batch_size=batch_size,
+            epochs=epochs,
+            seed=0,
+            num_workers=n,
+            columns=Columns("features", "label", int(np.prod(model.input_shape[1:])), one_hot=False),
+            ps_address=f"127.0.0.1:{server.port}" if choice is not None else None,
+            secret=secret,
+            threads=1,
+        )
         for w, (x, y) in enumerate(parts):
-            m = load_model(archive)
-            m.compile(
-                optimizer=keras.optimizers.get(worker_optimizer or spec.worker_optimizer_for(opts)), loss=loss
-            )
-            client = None
-            if choice is not None:
-                client = Recorder(Client(f"127.0.0.1:{server.port}", secret, flat.layout, w), log, lock, w)
-            ctx = RecordingContext(
-                worker_id=w,
-                num_workers=n,
-                options=opts,
-                model=m,
-                data=Batches(x, y, batch_size, seed=w),
-                epochs=epochs,
-                client=client,  # type: ignore[arg-type]
+
+            def connect(*args: Any, worker: int = w, **kwargs: Any) -> Recorder:
+                return Recorder(Client(*args, **kwargs), log, lock, worker)
+
+            ctx = build_context(
+                cfg,
+                x,
+                y,
+                w,
                 all_gather=functools.partial(all_gather, w),
+                connect=connect,
+                context=RecordingContext,
             )
+            assert isinstance(ctx, RecordingContext)
             ctx.log, ctx.lock = log, lock
             contexts.append(ctx)
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import distkeras_plus
-from distkeras_plus.checkpoint import CheckpointError, Folder, Policy, decode, encode
-from distkeras_plus.datasets import default_model
+from distkeras_plus import RunConfig
+from distkeras_plus.data.datasets import default_model
+from distkeras_plus.errors import CheckpointError
+from distkeras_plus.ps.checkpoint import Folder, Policy, decode, encode
 
 
 def values(n: int, fill: float) -> np.ndarray:
@@ -70,9 +72,12 @@ def test_policy() -> None:
     by_time = Policy(every_commits=None, every_seconds=30)
     assert not by_time.due(1, 0, 29.0) and by_time.due(1, 0, 30.0)
     assert not by_time.due(5, 5, 1e9)  # the centre has not moved: nothing new to write
-    for bad in ({"every_commits": 0}, {"every_seconds": 0.0}, {"keep": 0}):
+    # The run's settings refuse a policy that would never (or always) write.
+    for bad in ({"checkpoint_every": 0}, {"checkpoint_seconds": 0.0}):
         with pytest.raises(ValueError):
-            Policy(**bad)
+            RunConfig(**bad)
+    with pytest.raises(ValueError):
+        Policy(keep=0)
 
 
 def test_checkpoints_on_a_hadoop_uri(spark: Any, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from distkeras_plus import AuthenticationError, Client, Layout
 from distkeras_plus.cli import main
-from distkeras_plus.ps import read_secret
+from distkeras_plus.ps.serve import read_secret
 
 DK = str(Path(sys.executable).parent / "dk")
 

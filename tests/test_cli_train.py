@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from distkeras_plus.cli import main
-from distkeras_plus.datasets import default_model
+from distkeras_plus.data.datasets import default_model
 
 DK = str(Path(sys.executable).parent / "dk")
 
@@ -29,7 +29,7 @@ def closed_port() -> int:
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits as train.parquet and test.parquet, and as one CSV file with named pixel columns."""
-    from distkeras_plus.datasets import load
+    from distkeras_plus.data.datasets import load
 
     folder = tmp_path_factory.mktemp("digits")
     data = load("digits")
@@ -177,7 +177,7 @@ def test_train_on_csv_then_evaluate_and_predict(spark: Any, digits_dir: Path, tm
 
 
 def test_models_on_a_hadoop_uri(spark: Any, small_model: Path, digits_dir: Path, tmp_path: Path) -> None:
-    from distkeras_plus.storage import load_model_file, save_model_file
+    from distkeras_plus.data.storage import load_model_file, save_model_file
 
     model = load_model_file(str(small_model))
     uri = (tmp_path / "remote" / "m.keras").as_uri()  # file://, through Hadoop's file system API

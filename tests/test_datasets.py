@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from distkeras_plus import datasets
 from distkeras_plus.cli import main
+from distkeras_plus.data import datasets
 
 
 def test_list_and_export(tmp_path: Path) -> None:

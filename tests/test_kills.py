@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from faults import commits_so_far, kill_busiest_worker, wait_for
 
-from distkeras_plus.checkpoint import Folder, decode
+from distkeras_plus.ps.checkpoint import Folder, decode
 
 pytestmark = pytest.mark.slow
 DK = str(Path(sys.executable).parent / "dk")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from harness import Run, run_threads
 
-from distkeras_plus import registry
-from distkeras_plus.datasets import default_model, digits
+from distkeras_plus.data.datasets import default_model, digits
+from distkeras_plus.plugins import registry
 
 ATOL = 1e-5
 

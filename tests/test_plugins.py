@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from distkeras_plus import Option, OptionError, RuleChoice, registry
+from distkeras_plus import Option, OptionError, RuleChoice
 from distkeras_plus.cli import main
+from distkeras_plus.plugins import registry
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry() -> Iterator[None]:
+    """Plugins load once per process: a test that installs one reads them again, and its
+    plugins leave with it."""
+    registry.reload()
+    yield
+    registry.reload()
+
 
 BUILT_IN = [
     "adag",
@@ -75,20 +87,47 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(registry.PluginError) as err:
-        registry.load()
+        registry.get("adag")
     message = str(err.value)
     assert "distkeras-plus-optimizers" in message and "other-optimizers" in message
+    assert "DK_DISABLE_PLUGINS=" in message and "other-adag" in message
+    # Only the optimizer both claim is unusable; the rest of both plugins work.
+    assert registry.get("easgd").distribution == "distkeras-plus-optimizers"
+    listed = json.loads(CliRunner().invoke(main, ["plugins", "list", "--output-format", "json"]).output)
+    assert {"name": "adag", "plugin": None, "broken": message} in listed
     monkeypatch.setenv("DK_DISABLE_PLUGINS", "other-adag")
     assert registry.load()["adag"].distribution == "distkeras-plus-optimizers"
 
 
-def test_a_broken_plugin_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_plugin_fails_only_what_selects_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_distribution(tmp_path, "broken", "broken_plugin", "raise ImportError('no numpy here')\n", "broken")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(
-        registry.PluginError, match=r"plugin broken \(broken_plugin\) failed to load: no numpy here"
-    ):
-        registry.load()
+    assert set(BUILT_IN) <= set(registry.load())
+    with pytest.raises(registry.PluginError) as err:
+        registry.get("my-optimizer")
+    message = str(err.value)
+    assert "broken_plugin from broken failed to load: ImportError: no numpy here" in message
+    assert "DK_DISABLE_PLUGINS=broken" in message
+    runner = CliRunner()
+    listed = runner.invoke(main, ["plugins", "list"])
+    assert listed.exit_code == 0
+    assert "broken: plugin broken: broken_plugin from broken failed to load" in listed.output
+    assert "DK_DISABLE_PLUGINS=broken" in listed.output
+    assert runner.invoke(main, ["plugins", "info", "adag"]).exit_code == 0
+    selected = runner.invoke(main, ["plugins", "info", "my-optimizer"])
+    assert selected.exit_code == 2 and "DK_DISABLE_PLUGINS=broken" in selected.output
+
+
+def test_plugins_load_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = registry.installed()
+    assert registry.installed() is first
+    fake_distribution(tmp_path, "late", "late_plugin", "raise ImportError('late')\n", "late")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert registry.installed() is first and "late" not in first.broken  # not read again
+    registry.reload()
+    assert "late" in registry.installed().broken
+    monkeypatch.setenv("DK_DISABLE_PLUGINS", "late")  # a switch that changes is honoured at once
+    assert "late" not in registry.installed().broken
 
 
 def test_options_are_typed_and_validated() -> None:
@@ -139,3 +178,38 @@ def test_dk_plugins_list_and_info() -> None:
     assert info["rule"]["name"] == "add" and "AGN" in info["description"]
     missing = runner.invoke(main, ["plugins", "info", "nope"])
     assert missing.exit_code == 2 and "installed: adag" in missing.output
+
+
+def test_errors_a_user_cannot_fix_are_internal_and_debug_shows_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_distribution(
+        tmp_path,
+        "buggy-optimizers",
+        "buggy",
+        """
+        from distkeras_plus import OptimizerSpec, RuleChoice, hookimpl
+
+        def optimizer(options):
+            raise RuntimeError("a bug in the plugin")
+
+        @hookimpl
+        def dk_optimizers():
+            rule = lambda o, n: RuleChoice("add")
+            spec = OptimizerSpec("buggy", "buggy", [], rule, lambda ctx: None, worker_optimizer=optimizer)
+            return [spec]
+        """,
+        "buggy",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = CliRunner()
+    result = runner.invoke(main, ["plugins", "info", "buggy"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: internal error: RuntimeError: a bug in the plugin (rerun with --debug for the traceback)"
+    ]
+    for args in (["--debug", "plugins", "info", "buggy"], ["plugins", "info", "buggy", "--debug"]):
+        debug = runner.invoke(main, args)
+        assert isinstance(debug.exception, RuntimeError) and "a bug in the plugin" in str(debug.exception)
+    user = runner.invoke(main, ["plugins", "info", "nope", "--debug"])
+    assert isinstance(user.exception, registry.PluginError)  # the traceback of a user error too

@@ -256,7 +256,7 @@ def test_cancel_stops_every_process_of_a_running_job(world: dict[str, Any], mode
         ('{"plugin": "adag"}', "data: Field required"),
         ('{"data": "/x", "rm": "-rf"}', "rm: unknown field"),
         ('{"data": "{data}", "epochs": "5"}', "epochs: Input should be a valid integer"),
-        ('{"data": "{data}", "epochs": 0}', "epochs: Input should be greater than or equal to 1"),
+        ('{"data": "{data}", "epochs": 0}', "epochs must be at least 1, got 0"),
         ('{"data": "{data}", "workers": 1.5}', "workers: Input should be a valid integer"),
         ('{"data": "{data}", "plugin": "nope"}', "unknown optimizer 'nope'"),
         ('{"data": "{data}", "plugin": "--help"}', "plugin: String should match pattern"),

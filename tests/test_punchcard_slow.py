@@ -20,7 +20,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from distkeras_plus.datasets import load
+    from distkeras_plus.data.datasets import load
 
     root = tmp_path_factory.mktemp("real")
     load("digits").to_parquet(root / "data")

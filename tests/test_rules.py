@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distkeras_plus import Centre, Client, CommitRejectedError, Layout, ParameterServer
-from distkeras_plus.ps import new_secret
+from distkeras_plus.ps.serve import new_secret
 
 N = 257
 WORKERS = 3

@@ -15,10 +15,8 @@ import pytest
 
 import distkeras_plus
 from distkeras_plus import ADAG, TrainingError
-from distkeras_plus.data import DataError
-from distkeras_plus.datasets import default_model
-from distkeras_plus.optimizers import OptionError
-from distkeras_plus.registry import PluginError
+from distkeras_plus.data.datasets import default_model
+from distkeras_plus.errors import DataError, OptionError, PluginError
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 import distkeras_plus
-from distkeras_plus.datasets import default_model
+from distkeras_plus.data.datasets import default_model
 
 
 def test_adag_on_local_spark(spark: Any, digits_data: Any) -> None:

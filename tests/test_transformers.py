@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distkeras_plus.data import DataError
-from distkeras_plus.datasets import default_model
+from distkeras_plus.data.datasets import default_model
+from distkeras_plus.errors import DataError
 from distkeras_plus.transformers import (
     AccuracyEvaluator,
     F1Evaluator,

@@ -25,10 +25,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from distkeras_plus import __version__
+from distkeras_plus.errors import ModelError, SpecError
 from distkeras_plus.punchcard import page, runner, users
-from distkeras_plus.punchcard.modelcheck import ModelChecker, ModelError, check_archive
+from distkeras_plus.punchcard.modelcheck import ModelChecker, check_archive
 from distkeras_plus.punchcard.runner import Runner
-from distkeras_plus.punchcard.spec import SpecError, parse
+from distkeras_plus.punchcard.spec import parse
 from distkeras_plus.punchcard.store import FINAL, STATES, Job, Store
 
 log = logging.getLogger("distkeras_plus.punchcard")

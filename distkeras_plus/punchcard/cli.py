@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from distkeras_plus.cli_options import OUTPUT_FORMAT, UserError
+from distkeras_plus.cli.common import OUTPUT_FORMAT, DkCommand, DkGroup, UserError
 from distkeras_plus.punchcard import DEFAULT_PORT, DEFAULT_SERVER
 from distkeras_plus.punchcard.store import FINAL
 
@@ -90,7 +90,7 @@ def _store(state_dir: Path) -> Any:
 # The operator's commands
 
 
-@click.group()
+@click.group(cls=DkGroup)
 def punchcard() -> None:
     """The job daemon: runs training jobs that remote users submit."""
 
@@ -327,7 +327,7 @@ def list_users(state_dir: Path, output_format: str) -> None:
 # The user's commands
 
 
-@click.command("submit")
+@click.command("submit", cls=DkCommand)
 @click.argument(
     "spec_file", metavar="SPEC.json", type=click.Path(dir_okay=False, exists=True, path_type=Path)
 )
@@ -390,7 +390,7 @@ def _summary(job: dict[str, Any]) -> str:
     return line
 
 
-@click.group()
+@click.group(cls=DkGroup)
 def jobs() -> None:
     """Your jobs on a punchcard daemon: list, status, logs, cancel, result."""
 

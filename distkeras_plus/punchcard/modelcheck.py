@@ -21,9 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
 
-
-class ModelError(ValueError):
-    """An upload that is not a model we will run: one line saying why."""
+from distkeras_plus.errors import ModelError
 
 
 def check_archive(path: Path, max_unpacked: int) -> None:

@@ -133,7 +133,8 @@ class Runner:
     def _launch(self, job: Job) -> None:
         folder = self.job_dir(job.id)
         try:
-            spec = JobSpec.model_validate(job.spec)
+            # A spec stored by an older daemon may give null for "the default".
+            spec = JobSpec.model_validate({k: v for k, v in job.spec.items() if v is not None})
             args = train_args(spec, folder, folder / MODEL, self.master, self.python)
             (folder / SETTINGS).write_text("# dk train settings: none beyond the command line\n")
             out = (folder / LOG).open("ab")

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
-# Names end up as single argv items (never in a shell), but a strict alphabet keeps them from
-# ever reading as options or paths.
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
-Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")]
+from distkeras_plus.errors import DkError, SpecError
+from distkeras_plus.settings import JobConfig, Setting, base_type, cli_default, parse_value, remote_settings
+
 OptionKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
-CodecName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(:[a-z0-9.]+)?$", max_length=32)]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 REMOTE_SCHEMES = frozenset({"hdfs", "s3a", "s3", "gs", "abfs", "abfss", "wasbs"})
@@ -23,64 +30,77 @@ REMOTE_SCHEMES = frozenset({"hdfs", "s3a", "s3", "gs", "abfs", "abfss", "wasbs"}
 SETTINGS = "settings.toml"  # the job's (empty) `dk train --config` file
 
 
-class SpecError(ValueError):
-    """A job spec that cannot run: one line saying why."""
-
-
-class JobSpec(BaseModel):
-    """A training run: the options of `dk train` that a remote user may set.
+class _Spec(BaseModel):
+    """A training run: the settings of `dk train` that a remote user may set (`Setting.remote`).
 
     The Spark master is not here: the operator picks it (`--spark-master`)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: str = Field("", max_length=100, description="A label for listings; never used as a path.")
-    plugin: Name = "adag"
-    options: dict[OptionKey, str | bool | int | float] = Field(default_factory=dict)
-    data: str = Field(min_length=1, max_length=4096, description="Parquet or CSV file or folder, or a URI.")
-    test_data: str | None = Field(None, min_length=1, max_length=4096, description="A test set, like data.")
-    features: Column = "features"
-    label: Column = "label"
-    epochs: int = Field(20, ge=1, le=10_000)
-    workers: int = Field(2, ge=1, le=1024)
-    batch_size: int = Field(32, ge=1, le=1 << 20)
-    codec: CodecName | None = None
-    pull_codec: CodecName | None = None
-    worker_optimizer: Name | None = None
-    loss: Name | None = None
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    validation_split: float | None = Field(None, ge=0.0, lt=1.0)
+
+    def config(self) -> JobConfig:
+        """The spec as the run's settings."""
+        return JobConfig(**{n: getattr(self, n) for n, _, _ in remote_settings()})
 
 
-def parse(raw: str | bytes, data_roots: Sequence[Path] = ()) -> JobSpec:
+def _field(name: str, s: Setting, hint: Any) -> tuple[Any, Any]:
+    """A job-spec field with the setting's type, default, help and checks (and, for names that
+    end up on the daemon's command line, its stricter alphabet)."""
+    kind, optional = base_type(hint)
+    kind = s.text or kind
+    if name == "options":
+        kind = dict[OptionKey, str | bool | int | float]
+    elif name in ("data", "test_data"):
+        kind = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    elif kind is str and s.pattern:
+        kind = Annotated[str, StringConstraints(pattern=s.pattern, max_length=128)]
+    annotation: Any = Annotated[kind, AfterValidator(functools.partial(parse_value, name))]
+    if optional or cli_default(JobConfig, name) is None:
+        annotation = annotation | None
+    if s.remote_required:
+        return annotation, Field(description=s.help)
+    # The bounds are checked by the setting itself; here they document the schema.
+    named = (
+        ("exclusiveMinimum" if s.above else "minimum", s.minimum),
+        ("exclusiveMaximum" if s.below else "maximum", s.maximum),
+    )
+    bounds: dict[str, Any] = {k: v for k, v in named if v is not None}
+    default = cli_default(JobConfig, name)
+    if isinstance(default, dict):
+        return annotation, Field(default_factory=dict, description=s.help)
+    return annotation, Field(default, description=s.help, json_schema_extra=bounds or None)
+
+
+JobSpec = create_model(
+    "JobSpec",
+    __base__=_Spec,
+    **{n: _field(n, s, h) for n, s, h in remote_settings()},  # type: ignore[call-overload]
+)
+
+
+def parse(raw: str | bytes, data_roots: Sequence[Path] = ()) -> _Spec:
     """A spec from JSON text, checked against the schema, the installed optimizers and the data roots."""
     try:
-        spec = JobSpec.model_validate_json(raw)
+        spec: _Spec = JobSpec.model_validate_json(raw)
     except ValidationError as e:
         raise SpecError(_first_error(e)) from None
     check(spec, data_roots)
     return spec
 
 
-def check(spec: JobSpec, data_roots: Sequence[Path] = ()) -> None:
-    """What the schema cannot say: the optimizer and its options exist, codecs parse, the data is there."""
-    from distkeras_plus import registry
-    from distkeras_plus._core import Codec, DkError
-    from distkeras_plus.optimizers import OptionError
+def check(spec: _Spec, data_roots: Sequence[Path] = ()) -> None:
+    """What the schema cannot say: the optimizer and its options exist, the data is there."""
+    from distkeras_plus.plugins import registry
 
+    config = spec.config()
     try:
-        registry.get(spec.plugin).spec.parse_options(spec.options)
-    except (registry.PluginError, OptionError) as e:
+        registry.get(config.plugin).spec.parse_options(config.options)
+    except DkError as e:
         raise SpecError(str(e)) from None
-    for field, codec in (("codec", spec.codec), ("pull_codec", spec.pull_codec)):
-        if codec is not None:
-            try:
-                Codec(codec)
-            except (DkError, ValueError) as e:
-                raise SpecError(f"{field}: {e}") from None
-    _check_data("data", spec.data, data_roots)
-    if spec.test_data is not None:
-        _check_data("test_data", spec.test_data, data_roots)
+    _check_data("data", config.data or "", data_roots)
+    if config.test_data is not None:
+        _check_data("test_data", config.test_data, data_roots)
 
 
 def _check_data(field: str, data: str, roots: Sequence[Path]) -> None:
@@ -112,20 +132,16 @@ def _first_error(e: ValidationError) -> str:
         return f"{where}: unknown field (fields: {', '.join(JobSpec.model_fields)})"
     if err["type"] == "json_invalid":
         return "the spec is not valid JSON"
+    if err["type"] == "value_error":  # a setting's own check: its message names it
+        return str(err["ctx"]["error"])
     return f"{where}: {err['msg']}" if where else str(err["msg"])
 
 
-def option_text(value: Any) -> str:
-    """An option's value as `dk train --opt` reads it back."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def train_args(spec: JobSpec, job_dir: Path, model: Path, master: str | None, python: str) -> list[str]:
+def train_args(spec: _Spec, job_dir: Path, model: Path, master: str | None, python: str) -> list[str]:
     """The argument list of the child that runs the job: `dk train`, no shell in between.
 
     Every value goes as `--option=value`, so none can be read as another option."""
+    config = spec.config()
     args = [
         python,
         "-P",  # never the current folder's distkeras_plus (a source checkout has no compiled core)
@@ -133,29 +149,27 @@ def train_args(spec: JobSpec, job_dir: Path, model: Path, master: str | None, py
         "distkeras_plus",
         "train",
         f"--config={job_dir / SETTINGS}",
-        f"--data={spec.data}",
-        f"--features={spec.features}",
-        f"--label={spec.label}",
         f"--model={model}",
-        f"--plugin={spec.plugin}",
-        *(f"--opt={k}={option_text(v)}" for k, v in sorted(spec.options.items())),
-        f"--epochs={spec.epochs}",
-        f"--workers={spec.workers}",
-        f"--batch-size={spec.batch_size}",
-        f"--seed={spec.seed}",
         f"--output={job_dir / 'output.keras'}",
         "--output-format=json",
         f"--progress-file={job_dir / 'progress.jsonl'}",
         f"--history-file={job_dir / 'history.json'}",
     ]
-    optional = {
-        "--master": master,
-        "--test-data": spec.test_data,
-        "--codec": spec.codec,
-        "--pull-codec": spec.pull_codec,
-        "--worker-optimizer": spec.worker_optimizer,
-        "--loss": spec.loss,
-        "--validation-split": None if spec.validation_split is None else repr(spec.validation_split),
-    }
-    args += [f"{flag}={value}" for flag, value in optional.items() if value is not None]
+    if master is not None:
+        args.append(f"--master={master}")
+    for name, _, _ in remote_settings():
+        value = getattr(config, name)
+        if name == "options":
+            args += [f"--opt={k}={option_text(v)}" for k, v in sorted(value.items())]
+        elif value is not None:
+            args.append(f"--{name.replace('_', '-')}={option_text(value)}")
     return args
+
+
+def option_text(value: Any) -> str:
+    """A value as `dk train` reads it back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, float) else str(value)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from distkeras_plus import OptimizerSpec, Option, hookimpl
-from distkeras_plus.weights import FlatWeights
+from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.worker import WorkerContext, local_loop
 
 

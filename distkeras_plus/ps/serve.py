@@ -6,8 +6,9 @@ import os
 import secrets
 from pathlib import Path
 
-from distkeras_plus._core import Centre, Layout, ParameterServer
-from distkeras_plus.weights import FlatWeights
+from distkeras_plus._core import MIN_SECRET_LEN, Centre, Layout, ParameterServer
+from distkeras_plus.errors import ModelError, SettingError
+from distkeras_plus.ps.weights import FlatWeights
 
 SECRET_BYTES = 32
 
@@ -23,9 +24,9 @@ def read_secret(path: Path) -> bytes:
     try:
         secret = bytes.fromhex(text)
     except ValueError:
-        raise ValueError(f"{path} does not hold a hex secret") from None
-    if len(secret) < 16:
-        raise ValueError(f"the secret in {path} is shorter than 16 bytes")
+        raise SettingError(f"{path} does not hold a hex secret") from None
+    if len(secret) < MIN_SECRET_LEN:
+        raise SettingError(f"the secret in {path} is shorter than {MIN_SECRET_LEN} bytes")
     return secret
 
 
@@ -42,7 +43,7 @@ def key_values(items: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{item!r} is not of the form key=value")
+            raise SettingError(f"{item!r} is not of the form key=value")
         pairs.append((key.strip(), value.strip()))
     return pairs
 
@@ -54,14 +55,14 @@ def parse_rule_params(items: list[str] | tuple[str, ...]) -> dict[str, float]:
         try:
             params[key] = float(value)
         except ValueError:
-            raise ValueError(f"rule parameter {key!r} needs a number, got {value!r}") from None
+            raise SettingError(f"rule parameter {key!r} needs a number, got {value!r}") from None
     return params
 
 
 def model_weights(path: Path) -> FlatWeights:
     """Loads a `.keras` file (in Keras' safe mode) and returns its weights, flattened."""
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        raise ModelError(f"model file {path} does not exist")
     import keras  # imported here: loading TensorFlow takes seconds and only this path needs it
 
     model = keras.saving.load_model(path, compile=False, safe_mode=True)

@@ -3,21 +3,18 @@ the loop its workers run. Plugins return these from the `dk_optimizers` hook."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from distkeras_plus._core import RULES
+from distkeras_plus.errors import OptionError, PluginError
 
 if TYPE_CHECKING:
     from distkeras_plus.worker import WorkerContext
 
 OptionType = type[int] | type[float] | type[str] | type[bool]
-
-#: The parameter-server rules implemented in Rust (see docs/rules.md).
-RULES = ("add", "dynsgd", "adaptive", "elastic", "sync")
-
-
-class OptionError(ValueError):
-    """An unknown option, or a value of the wrong type or out of range."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +36,8 @@ class Option:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise OptionError(f"option {self.name} takes a {self.type.__name__}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"option {self.name} must be a finite number, got {value!r}")
         if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             raise OptionError(f"option {self.name} must be >= {self.minimum}, got {value!r}")
         if self.choices is not None and value not in self.choices:
@@ -98,7 +97,7 @@ class OptimizerSpec:
     def __post_init__(self) -> None:
         names = [o.name for o in self.options]
         if len(set(names)) != len(names):
-            raise ValueError(f"optimizer {self.name} declares an option twice")
+            raise PluginError(f"optimizer {self.name} declares an option twice")
         for o in self.options:
             o.parse(o.default)  # a spec whose defaults are invalid is a plugin bug: fail at load
 
@@ -122,5 +121,7 @@ class OptimizerSpec:
     def rule_for(self, options: Mapping[str, Any], num_workers: int) -> RuleChoice | None:
         choice = self.rule(options, num_workers)
         if choice is not None and choice.name not in RULES:
-            raise ValueError(f"optimizer {self.name} asks for unknown rule {choice.name!r}; rules: {RULES}")
+            raise PluginError(
+                f"optimizer {self.name} asks for unknown rule {choice.name!r}; rules: {', '.join(RULES)}"
+            )
         return choice

@@ -28,16 +28,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from distkeras_plus import storage
+from distkeras_plus.data import storage
+from distkeras_plus.errors import CheckpointError, StorageError
 
 MAGIC = b"DKCK"
 VERSION = 1
 _HEAD = struct.Struct("<4sB3xI")
 _NAME = re.compile(r"^ckpt-(\d{12})\.dkc$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: corrupt, truncated, or for another model."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class Folder:
         self.where = where.rstrip("/")
         self.spark = spark
         if storage.is_uri(where) and spark is None:
-            raise ValueError(f"checkpoints at {where} need a Spark session")
+            raise StorageError(f"checkpoints at {where} need a Spark session")
 
     def path(self, name: str) -> str:
         return f"{self.where}/{name}"
@@ -168,11 +165,7 @@ class Policy:
     keep: int = 3
 
     def __post_init__(self) -> None:
-        if self.every_commits is not None and self.every_commits < 1:
-            raise ValueError("checkpoints every N commits needs N of at least 1")
-        if self.every_seconds is not None and self.every_seconds <= 0:
-            raise ValueError("checkpoints every T seconds needs T above 0")
-        if self.keep < 1:
+        if self.keep < 1:  # the run's settings check the other two
             raise ValueError("keep at least one checkpoint")
 
     def due(self, clock: int, last_clock: int, seconds_since: float) -> bool:

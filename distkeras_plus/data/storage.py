@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from distkeras_plus.errors import MissingFileError, ModelError, StorageError
+
 
 def is_uri(path: str) -> bool:
     """A `scheme://` path, handled by Hadoop's file systems rather than Python's."""
@@ -32,14 +34,14 @@ def upload(spark: Any, local: Path, uri: str) -> None:
     fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(str(local.resolve())), partial)
     fs.delete(dest, False)
     if not fs.rename(partial, dest):
-        raise OSError(f"could not move {uri}.partial into place")
+        raise StorageError(f"could not move {uri}.partial into place")
 
 
 def download(spark: Any, uri: str, local: Path) -> None:
     """Copies the file at `uri` to a local path."""
     fs, src = _hadoop(spark, uri)
     if not fs.exists(src):
-        raise FileNotFoundError(f"no file at {uri}")
+        raise MissingFileError(f"no file at {uri}")
     fs.copyToLocalFile(False, src, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(str(local)), True)
 
 
@@ -73,18 +75,21 @@ def delete(spark: Any, uri: str) -> None:
 def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
     """Saves a Keras model as a `.keras` file at a local path or a Hadoop URI; returns where."""
     if not path.endswith(".keras"):
-        raise ValueError(
+        raise ModelError(
             f"models are saved in Keras' .keras format: give a path ending in .keras, not {path}"
         )
     if not is_uri(path):
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial.keras")
-        model.save(partial)
-        os.replace(partial, target)  # a crash while saving leaves the previous model whole
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial.keras")
+            model.save(partial)
+            os.replace(partial, target)  # a crash while saving leaves the previous model whole
+        except OSError as e:
+            raise StorageError(f"cannot save the model to {path}: {e.strerror or e}") from e
         return str(target.resolve())
     if spark is None:
-        raise ValueError(f"saving to {path} needs a Spark session")
+        raise StorageError(f"saving to {path} needs a Spark session")
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / "model.keras"
         model.save(local)
@@ -98,10 +103,10 @@ def load_model_file(path: str, spark: Any | None = None) -> Any:
 
     if not is_uri(path):
         if not Path(path).is_file():
-            raise FileNotFoundError(f"no model file at {path}")
+            raise MissingFileError(f"no model file at {path}")
         return _load(keras, Path(path))
     if spark is None:
-        raise ValueError(f"loading from {path} needs a Spark session")
+        raise StorageError(f"loading from {path} needs a Spark session")
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / "model.keras"
         download(spark, path, local)
@@ -112,6 +117,24 @@ def _load(keras: Any, path: Path) -> Any:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as e:
-        raise ValueError(
+        raise ModelError(
             f"{path} is not a Keras model file: {str(e).splitlines()[0] if str(e) else e!r}"
         ) from e
+
+
+def model_bytes(model: Any) -> bytes:
+    """The model in Keras' own `.keras` format (never pickle): how it travels to executors."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def model_from_bytes(data: bytes) -> Any:
+    """The model `model_bytes` made, loaded in Keras' safe mode."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from distkeras_plus.errors import DataError, StorageError
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -32,12 +34,13 @@ class Dataset:
         """Writes `train.parquet` and `test.parquet` (features, label) into `folder`."""
         import pyarrow.parquet as pq
 
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for split in ("train", "test"):
-            path = folder / f"{split}.parquet"
-            pq.write_table(self._table(split), path)
-            paths.append(path)
+        paths = [folder / f"{split}.parquet" for split in ("train", "test")]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                pq.write_table(self._table(path.stem), path)
+        except OSError as e:
+            raise StorageError(f"cannot write {folder}: {e.strerror or e}") from e
         return paths
 
     def _table(self, split: str) -> Any:
@@ -105,7 +108,7 @@ def fashion_mnist() -> Dataset:
 
         (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     except Exception as e:
-        raise FileNotFoundError(
+        raise DataError(
             "fashion-mnist was not found in DK_DATA_DIR or /usr/share/datasets/fashion-mnist "
             f"(Debian's dataset-fashion-mnist package), and Keras could not download it: {e}"
         ) from e
@@ -160,14 +163,14 @@ def load(name: str, seed: int = 0) -> Dataset:
     """A built-in data set by name (`synthetic:100000` sets the size)."""
     base, _, size = name.partition(":")
     if base not in DATASETS or (size and base != "synthetic"):
-        raise ValueError(f"unknown data set {name!r}; built in: {', '.join(DATASETS)}")
+        raise DataError(f"unknown data set {name!r}; built in: {', '.join(DATASETS)}")
     if base == "synthetic":
         try:
             samples = int(float(size)) if size else 10_000
         except ValueError:
-            raise ValueError(f"synthetic:N needs a number of samples, got {size!r}") from None
+            raise DataError(f"synthetic:N needs a number of samples, got {size!r}") from None
         if samples < 10:
-            raise ValueError("synthetic data needs at least 10 samples")
+            raise DataError("synthetic data needs at least 10 samples")
         return synthetic(samples, seed=seed)
     if base == "digits":
         return digits(seed=seed)

@@ -1,9 +1,8 @@
-"""What runs on a Spark executor: a worker's context (its model, its partition, its connection to
-the parameter server, its history) and the loops optimizer plugins build on."""
+"""A worker's context: its model, its partition, its connection to the parameter server and its
+history. Loops (`distkeras_plus.worker.loops`, or a plugin's own) drive it."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from distkeras_plus._core import Client, Layout
-from distkeras_plus.weights import FlatWeights
+from distkeras_plus.errors import DataError, PluginError
+from distkeras_plus.ps.weights import FlatWeights
 
 F32 = npt.NDArray[np.float32]
 
@@ -27,7 +27,7 @@ class Batches:
 
     def __init__(self, x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int, seed: int) -> None:
         if len(x) != len(y):
-            raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
+            raise DataError(f"{len(x)} feature rows but {len(y)} labels")
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
 
     @property
@@ -46,8 +46,13 @@ class Batches:
 
 @dataclass
 class WorkerContext:
-    """Everything a worker loop needs. Loops call `train`, `pull`, `commit`, `model_weights` and
-    `set_model`; the context keeps the time spent computing and communicating, and the history."""
+    """Everything a worker loop needs. Loops call `batches`, `train`, `pull`, `commit`,
+    `model_weights` and `set_model`; the context keeps the time spent computing and
+    communicating, and the history.
+
+    A retried task goes on where its earlier attempt stopped: `batches` leaves out the batches
+    whose samples that attempt had committed (`resume_samples`, from the parameter server), so
+    no loop needs code of its own for it."""
 
     worker_id: int
     num_workers: int
@@ -70,8 +75,10 @@ class WorkerContext:
     _window_losses: list[float] = field(default_factory=list)
     _last_logs: dict[str, float] = field(default_factory=dict)
 
+    _skip: int = 0
+
     def __post_init__(self) -> None:
-        self.samples = self.resume_samples
+        self.samples = self._skip = self.resume_samples
         layout = Layout([list(w.shape) for w in self.model.get_weights()])
         self.centre = FlatWeights(layout)  # the centre as last received
         self.local = FlatWeights(layout)  # the model's own weights, flattened
@@ -79,8 +86,15 @@ class WorkerContext:
     # ---- local training ----
 
     def batches(self, epoch: int) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+        """This epoch's mini-batches, without those an earlier attempt committed."""
         self.epoch = epoch
-        return self.data.epoch(epoch)
+        # Counted now, not as the batches are drawn: a loop may leave an epoch's batches undrawn.
+        skip = min(self._skip, self.data.samples)
+        self._skip -= skip
+        batches = self.data.epoch(epoch)
+        while skip > 0:
+            skip -= len(next(batches)[0])  # the batches come in the same order on every attempt
+        return batches
 
     def train(self, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
         t = time.perf_counter()
@@ -112,7 +126,7 @@ class WorkerContext:
 
     def _client(self) -> Client:
         if self.client is None:
-            raise RuntimeError("this optimizer runs without a parameter server")
+            raise PluginError("this optimizer runs without a parameter server")
         return self.client
 
     def pull(self) -> int:
@@ -166,107 +180,3 @@ class WorkerContext:
         }
         self.history.append(row)
         self._window_losses = []
-
-
-# ---- loops the built-in optimizers are made of ----
-
-
-def train_in_windows(ctx: WorkerContext, window: int, exchange: Callable[[int], None]) -> None:
-    """Trains every batch of every epoch, calling `exchange(steps)` after each `window` local
-    steps and once more for a last, partial window. A retried task skips the batches its earlier
-    attempt had committed."""
-    steps = 0
-    skip = ctx.resume_samples  # the batches come in the same order on every attempt
-    for epoch in range(ctx.epochs):
-        for x, y in ctx.batches(epoch):
-            if skip > 0:
-                skip -= len(x)
-                continue
-            ctx.train(x, y)
-            steps += 1
-            if steps == window:
-                exchange(steps)
-                steps = 0
-    if steps:
-        exchange(steps)
-
-
-def delta_loop(ctx: WorkerContext, window: int, normalize: bool) -> None:
-    """Every `window` local steps: commit `D = W - W0` (divided by the steps taken when
-    `normalize`), pull, and continue from the centre. The last partial window is committed too."""
-    ctx.pull()
-    w0 = ctx.centre.flat.copy()
-
-    def exchange(steps: int) -> None:
-        delta = ctx.model_weights() - w0
-        if normalize:
-            delta /= steps
-        ctx.commit(delta)
-        ctx.pull()
-        np.copyto(w0, ctx.centre.flat)
-
-    train_in_windows(ctx, window, exchange)
-
-
-def elastic_loop(ctx: WorkerContext, window: int) -> None:
-    """Asynchronous elastic averaging: every `window` local steps the server computes
-    `E = alpha * (W - C)` against the current centre, applies `C += E` and returns `E`; the worker
-    does `W -= E` and is not reset to the centre."""
-    ctx.pull()
-    elastic = np.empty_like(ctx.centre.flat)
-
-    def exchange(steps: int) -> None:
-        weights = ctx.model_weights()
-        ctx.commit(weights, out=elastic)
-        ctx.set_model(weights - elastic)
-
-    train_in_windows(ctx, window, exchange)
-
-
-def sync_loop(ctx: WorkerContext, window: int, alpha: float | None) -> None:
-    """Synchronous rounds (a barrier stage): every worker commits once per round and waits for
-    the others. With `alpha`: EASGD, each commits `E = alpha * (W - C)` and does `W -= E`; without:
-    model averaging, each commits `W - C` (the server scales by 1/n) and takes the new centre.
-    `window` 0 means one round per epoch. Workers agree on the number of rounds first, so one
-    with a smaller partition still takes part in every round."""
-    if ctx.all_gather is None:
-        raise RuntimeError("synchronous optimizers run as a barrier stage")
-    ctx.pull()
-    centre = ctx.centre.flat
-    per_epoch = max(int(n) for n in ctx.all_gather(str(len(ctx.data))))
-    window = window or per_epoch
-    rounds_per_epoch = math.ceil(per_epoch / window)
-    # A retried stage continues after the rounds the centre already holds.
-    done = ctx.clock - ctx.start_clock
-    for epoch in range(ctx.epochs):
-        batches = ctx.batches(epoch)
-        for r in range(rounds_per_epoch):
-            if epoch * rounds_per_epoch + r < done:
-                for _ in itertools.islice(batches, window):
-                    pass
-                continue
-            for x, y in itertools.islice(batches, window):
-                ctx.train(x, y)
-            weights = ctx.model_weights()
-            if alpha is None:
-                ctx.commit(weights - centre, out=centre)
-                ctx.set_model(centre)
-            else:
-                elastic = alpha * (weights - centre)
-                ctx.commit(elastic, out=centre)
-                ctx.set_model(weights - elastic)
-
-
-def local_loop(ctx: WorkerContext) -> None:
-    """Plain training on the whole partition; the result is committed once at the end."""
-    if ctx.client is not None:
-        ctx.pull()
-    start = ctx.model_weights().copy()
-    for epoch in range(ctx.epochs):
-        for x, y in ctx.batches(epoch):
-            ctx.train(x, y)
-        ctx.record()
-    if ctx.client is not None:
-        ctx.commit(ctx.model_weights() - start)
-    else:
-        ctx.result = ctx.model_weights().tobytes()

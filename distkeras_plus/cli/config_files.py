@@ -8,9 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A settings file that cannot be used."""
+from distkeras_plus.errors import ConfigError
 
 
 def find_pyproject(start: Path) -> Path | None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from distkeras_plus.optimizers import OptimizerSpec
+    from distkeras_plus.plugins.spec import OptimizerSpec
 
 PROJECT = "distkeras_plus"
 

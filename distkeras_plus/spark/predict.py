@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_plus.data import DataError, features_array
+from distkeras_plus.data.tables import features_array
+from distkeras_plus.errors import DataError
 
 _X = "__dk_features"
 
@@ -48,7 +49,7 @@ def predict(
     `label_col` and `loss` are given, `loss_col` (each row's loss, Keras' own loss function)."""
     from pyspark.sql import types as T
 
-    from distkeras_plus.engine import model_bytes
+    from distkeras_plus.data.storage import model_bytes
 
     fields = {f.name: f.dataType for f in df.schema.fields}
     if label_col is not None and label_col not in fields:
@@ -103,9 +104,9 @@ def _predict_task(cfg: PredictConfig, batches: Iterator[Any]) -> Iterator[Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from distkeras_plus.engine import load_model
+    from distkeras_plus.data.storage import model_from_bytes
 
-    model = load_model(cfg.model)
+    model = model_from_bytes(cfg.model)
     loss_fn = keras.losses.get(cfg.loss) if cfg.loss else None
     for batch in batches:
         if batch.num_rows == 0:

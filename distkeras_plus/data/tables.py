@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-
-class DataError(ValueError):
-    """Input data that cannot be trained on: a missing column, a wrong type, a wrong shape."""
+from distkeras_plus.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Optimizer plugins: what an optimizer is (`spec`), the hooks (`hookspecs`), the registry."""

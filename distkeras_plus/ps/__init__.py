@@ -1,0 +1,1 @@
+"""The parameter server from Python: secrets, weights laid flat, checkpoints of the centre."""

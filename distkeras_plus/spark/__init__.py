@@ -1,0 +1,1 @@
+"""Spark: the session, the driver's side of a run, the executors' entry, predictions."""

@@ -1,0 +1,147 @@
+"""What runs on a Spark executor: one worker task. It sets up the process once, builds its worker
+context from plain data (`build_context`, which the test harness uses too), runs the optimizer's
+loop and returns one row: what it trained, its history and its result."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+
+from distkeras_plus._core import Client
+from distkeras_plus.data.storage import model_from_bytes
+from distkeras_plus.data.tables import Columns, to_numpy
+from distkeras_plus.plugins import registry
+from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.worker import Batches, WorkerContext
+
+RESULT_SCHEMA = "worker int, attempt int, samples long, steps long, history string, result binary"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker task gets (plain data: it travels inside the Spark task)."""
+
+    optimizer: str
+    options: Mapping[str, Any]
+    model: bytes  # the .keras archive
+    loss: Any
+    metrics: list[Any]
+    worker_optimizer: Any
+    batch_size: int
+    epochs: int
+    seed: int
+    num_workers: int
+    columns: Columns
+    ps_address: str | None
+    secret: bytes
+    threads: int
+    codec: str = "none"
+    pull_codec: str = "none"
+    timeout: float = 600.0
+    start_clock: int = 0  # the centre's clock when this run started (a resumed run's is not 0)
+
+
+def set_process_env(threads: int) -> None:
+    """Once per Python worker, before TensorFlow is imported: quiet, and no more threads than the
+    executor's share of cores."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+def build_context(
+    cfg: WorkerConfig,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    worker_id: int,
+    *,
+    attempt: int = 0,
+    all_gather: Callable[[str], list[str]] | None = None,
+    connect: Callable[..., Any] = Client,
+    context: type[WorkerContext] = WorkerContext,
+) -> WorkerContext:
+    """A worker's context: its model (compiled as the run says), its data in batches, and its
+    connection to the parameter server (made by `connect`, with `Client`'s arguments)."""
+    import keras
+
+    model = model_from_bytes(cfg.model)
+    x = x.reshape((len(x), *model.input_shape[1:]))
+    keras.utils.set_random_seed(cfg.seed + worker_id)
+    model.compile(optimizer=keras.optimizers.get(cfg.worker_optimizer), loss=cfg.loss, metrics=cfg.metrics)
+    client = None
+    if cfg.ps_address is not None:
+        client = connect(
+            cfg.ps_address,
+            cfg.secret,
+            FlatWeights.from_arrays(model.get_weights()).layout,
+            worker_id,
+            attempt,
+            codec=cfg.codec,
+            pull_codec=cfg.pull_codec,
+            timeout=cfg.timeout + 60,  # the server gives up first, and says why
+        )
+    return context(
+        worker_id=worker_id,
+        num_workers=cfg.num_workers,
+        options=dict(cfg.options),
+        model=model,
+        data=Batches(x, y, cfg.batch_size, cfg.seed + worker_id),
+        epochs=cfg.epochs,
+        client=client,
+        all_gather=all_gather,
+        start_clock=cfg.start_clock,
+        resume_samples=client.resume_samples if client is not None else 0,
+    )
+
+
+def run_worker(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
+    """The `mapInArrow` function: one worker on its partition."""
+    set_process_env(cfg.threads)
+    import pyarrow as pa
+    from pyspark import BarrierTaskContext, TaskContext
+
+    task = TaskContext.get()
+    worker_id = task.partitionId() if task else 0
+    attempt = task.attemptNumber() if task else 0
+    # The parameter server needs a later attempt of a worker to carry a larger number. A retried
+    # barrier stage numbers its attempts from 0 again; the task's id in the application grows.
+    ps_attempt = min(task.taskAttemptId(), 2**32 - 1) if task else 0
+    all_gather = None
+    if isinstance(task, BarrierTaskContext):
+        barrier = task
+
+        def all_gather(message: str) -> list[str]:
+            return [str(m) for m in barrier.allGather(message)]
+
+    x, y = to_numpy(batches, cfg.columns.num_features, cfg.columns.one_hot)
+    ctx = build_context(cfg, x, y, worker_id, attempt=ps_attempt, all_gather=all_gather)
+    try:
+        registry.get(cfg.optimizer).spec.worker(ctx)
+    finally:
+        if ctx.client is not None:
+            ctx.client.close()
+    yield pa.RecordBatch.from_pydict(
+        {
+            "worker": [worker_id],
+            "attempt": [attempt],
+            "samples": [ctx.samples],
+            "steps": [ctx.steps],
+            "history": [json.dumps(ctx.history)],
+            "result": [ctx.result],
+        },
+        schema=pa.schema(
+            [
+                ("worker", pa.int32()),
+                ("attempt", pa.int32()),
+                ("samples", pa.int64()),
+                ("steps", pa.int64()),
+                ("history", pa.string()),
+                ("result", pa.binary()),
+            ]
+        ),
+    )

@@ -1,0 +1,87 @@
+"""The Spark session a run uses: `local[N]` by default or a master URL, quiet, checked before
+Spark's own minute of retries; and what the driver needs to know of it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from distkeras_plus.errors import TrainingError
+
+#: How often local Spark tries a task before the run fails (a cluster's default is 4 too).
+LOCAL_TASK_TRIES = 4
+
+
+def check_master(master: str) -> None:
+    """Fails at once, in one line, when a standalone master does not answer (Spark itself retries
+    for a minute and then stops with a page of stack traces)."""
+    if not master.startswith("spark://"):
+        return
+    hosts = master.removeprefix("spark://").split(",")
+    errors = []
+    for host_port in hosts:
+        host, _, port = host_port.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=5):
+                return
+        except (OSError, ValueError) as e:
+            errors.append(f"{host_port}: {e}")
+    raise TrainingError(
+        f"cannot reach the Spark master {master} ({'; '.join(errors)}); "
+        "check the URL and that the master is running"
+    )
+
+
+def local_session(workers: int, master: str | None = None) -> Any:
+    """A Spark session: `local[workers]` by default, or the given master URL."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    if master:
+        check_master(master)
+    else:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no address to guess
+    quiet = Path(__file__).resolve().parent.parent / "log4j2.properties"
+
+    builder = (
+        SparkSession.builder.appName("distkeras-plus")
+        # local[N, F]: a failed task is tried up to F times, as on a cluster.
+        .master(master or f"local[{workers},{LOCAL_TASK_TRIES}]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", os.environ.get("DK_DRIVER_MEMORY", "4g"))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Python workers start in the driver's directory: from a source checkout, the checkout's
+        # distkeras_plus (which has no compiled core) would shadow the installed one.
+        .config("spark.executorEnv.PYTHONSAFEPATH", "1")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={quiet.as_uri()}")
+    )
+    return builder.getOrCreate()
+
+
+def is_local(spark: Any) -> bool:
+    return bool(spark.sparkContext.master.startswith("local"))
+
+
+def task_slots(spark: Any) -> int:
+    """How many tasks the cluster runs at once."""
+    return int(spark.sparkContext.defaultParallelism)
+
+
+def ps_host(spark: Any, requested: str | None) -> str:
+    """The address workers use to reach the driver's parameter server."""
+    if requested:
+        return requested
+    if is_local(spark):
+        return "127.0.0.1"
+    host = spark.conf.get("spark.driver.host", None) or socket.gethostname()
+    ip = socket.gethostbyname(host)
+    if ip.startswith("127.") or ip == "::1":
+        raise TrainingError(
+            f"the driver's address resolves to {ip}, which executors on other hosts cannot reach; "
+            "set ps_host (or DK_PS_HOST) to an address of this machine that they can"
+        )
+    return ip
