@@ -21,6 +21,7 @@ from distkeras_plus._core import (
 __all__ = [
     "AuthenticationError",
     "CheckpointError",
+    "ClientError",
     "CommitRejectedError",
     "ConfigError",
     "DataError",
@@ -37,6 +38,7 @@ __all__ = [
     "SpecError",
     "StorageError",
     "TrainingError",
+    "UserExistsError",
 ]
 
 
@@ -78,6 +80,14 @@ class CheckpointError(DkError, ValueError):
 
 class SpecError(DkError, ValueError):
     """A punchcard job spec that cannot run."""
+
+
+class ClientError(DkError):
+    """A punchcard request that failed, in one line: the daemon's own message when it sent one."""
+
+
+class UserExistsError(DkError, ValueError):
+    """`dk punchcard add-user` with a name that is taken, or not a valid name."""
 
 
 class TrainingError(DkError, RuntimeError):

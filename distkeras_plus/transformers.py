@@ -25,7 +25,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from distkeras_plus.errors import DataError
+from distkeras_plus.errors import DataError, SettingError
 from distkeras_plus.spark.predict import from_confusion, label_index, predict
 
 
@@ -79,7 +79,7 @@ class MinMaxTransformer(_ColumnTransformer):
         super().__init__()
         self._set(inputCol=inputCol, outputCol=outputCol, oMin=oMin, oMax=oMax, nMin=nMin, nMax=nMax)
         if self.getOrDefault(self.oMax) == self.getOrDefault(self.oMin):
-            raise ValueError("oMin and oMax must differ")
+            raise SettingError("oMin and oMax must differ")
 
     def _expr(self, col: Column, dtype: T.DataType) -> Column:
         o_min, o_max = self.getOrDefault(self.oMin), self.getOrDefault(self.oMax)
@@ -106,7 +106,7 @@ class StandardTransformer(_ColumnTransformer):
         self._set(inputCol=inputCol, outputCol=outputCol, mean=mean or [0.0], std=std or [1.0])
         mean, std = self.getOrDefault(self.mean), self.getOrDefault(self.std)
         if len(mean) != len(std):
-            raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
+            raise SettingError(f"mean has {len(mean)} values but std has {len(std)}")
 
     def _expr(self, col: Column, dtype: T.DataType) -> Column:
         mean, std = self.getOrDefault(self.mean), self.getOrDefault(self.std)
@@ -164,7 +164,7 @@ class OneHotTransformer(_ColumnTransformer):
         super().__init__()
         self._set(outputDim=outputDim, inputCol=inputCol, outputCol=outputCol)
         if self.getOrDefault(self.outputDim) < 1:
-            raise ValueError("outputDim must be at least 1")
+            raise SettingError("outputDim must be at least 1")
 
     def _expr(self, col: Column, dtype: T.DataType) -> Column:
         n = self.getOrDefault(self.outputDim)
@@ -219,7 +219,7 @@ class ReshapeTransformer(_ColumnTransformer):
         self._set(inputCol=inputCol, outputCol=outputCol)
         if shape is not None:  # None only while Spark ML loads a saved stage, which sets it after
             if not shape or any(d < 1 for d in shape):
-                raise ValueError(f"shape must be positive sizes, got {shape}")
+                raise SettingError(f"shape must be positive sizes, got {shape}")
             self._set(shape=shape)
 
     def _expr(self, col: Column, dtype: T.DataType) -> Column:

@@ -42,7 +42,7 @@ def read_settings(path: Path, known: Iterable[str]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        if name == "opt":
+        if name in ("opt", "options"):  # the setting is `options`; its flag is --opt
             name = "opts"
         if name not in names:
             allowed = ", ".join(sorted(n.replace("_", "-") for n in names))

@@ -13,7 +13,15 @@ import click
 
 from distkeras_plus.cli.common import OUTPUT_FORMAT, DkCommand
 from distkeras_plus.errors import SettingError
-from distkeras_plus.settings import JobConfig, Setting, cli_default, declared, describe_bounds, parse
+from distkeras_plus.settings import (
+    JobConfig,
+    Setting,
+    base_type,
+    cli_default,
+    declared,
+    describe_bounds,
+    parse,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,8 +31,8 @@ class SettingType(click.ParamType):  # type: ignore[type-arg]
 
     def __init__(self, name: str, setting: Setting, hint: Any) -> None:
         self.setting_name, self.setting, self.hint = name, setting, hint
-        kind = setting.text or hint
-        self.name = getattr(kind, "__name__", "text").replace("tuple", "list")
+        kind = setting.text or base_type(hint)[0]
+        self.name = {int: "integer", float: "float", tuple: "list"}.get(kind, "text")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:

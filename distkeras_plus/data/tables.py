@@ -24,6 +24,11 @@ class Columns:
     one_hot: bool  # label is an array<float> (one-hot) rather than a class index
 
 
+def default_loss(one_hot: bool) -> str:
+    """Cross-entropy for the label's form: one-hot arrays or class indices."""
+    return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
+
+
 def read(spark: Any, path: str | Path, features: str, label: str | None, optional_label: bool = False) -> Any:
     """A Parquet or CSV file or folder as a DataFrame: a local path, or a URI of any file system
     the Spark session can read (`hdfs://`, `s3a://`, `file://`, ...). A CSV file has a header; when

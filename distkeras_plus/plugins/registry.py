@@ -1,7 +1,8 @@
 """Finding optimizer plugins through the `distkeras_plus` entry-point group (pluggy).
 
-Entry points are loaded once per process (and again when the switches below change, or after
-`reload()`). `DK_LOAD_PLUGINS=a,b` loads only the named entry points; `DK_DISABLE_PLUGINS=a,b`
+Entry points are loaded once per process, and again when the switches below change, after
+`reload()`, or when an optimizer is asked for that they do not provide (it may have been
+installed since). `DK_LOAD_PLUGINS=a,b` loads only the named entry points; `DK_DISABLE_PLUGINS=a,b`
 skips them. Names are entry-point names (what `dk plugins list` shows in its plugin column).
 
 A plugin that fails to load, or that names an optimizer another plugin has, does not stop the
@@ -10,6 +11,7 @@ others: it is listed as broken, and only a run that asks for what it would have 
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -127,6 +129,10 @@ def _line(e: BaseException) -> str:
 def get(name: str) -> Registered:
     """The optimizer `name`, or a clear error listing what is installed and what is broken."""
     found = installed()
+    if name not in found.optimizers and name not in found.conflicts:
+        importlib.invalidate_caches()  # a distribution installed into this running process
+        reload()
+        found = installed()
     if name in found.optimizers:
         return found.optimizers[name]
     if name in found.conflicts:

@@ -68,13 +68,10 @@ def _connection(f: F) -> F:
 @contextmanager
 def _client(server: str, token: str | None) -> Iterator[PunchcardClient]:
     # Imported here: httpx is not worth its import time on every other `dk` command.
-    from distkeras_plus.punchcard.client import ClientError, PunchcardClient
+    from distkeras_plus.punchcard.client import PunchcardClient
 
-    try:
-        with PunchcardClient(server, token or "") as client:
-            yield client
-    except ClientError as e:
-        raise UserError(str(e)) from None
+    with PunchcardClient(server, token or "") as client:
+        yield client
 
 
 def _store(state_dir: Path) -> Any:
@@ -277,13 +274,10 @@ def _remove_strays(jobs_dir: Path, known: set[str]) -> None:
 def add_user(name: str, state_dir: Path, output_format: str) -> None:
     """Create a user and print their token, once: only its hash is kept."""
     from distkeras_plus.punchcard import users
-    from distkeras_plus.punchcard.store import UserExistsError
 
     store = _store(state_dir)
     try:
         token = users.add_user(store, name)
-    except (ValueError, UserExistsError) as e:
-        raise UserError(str(e)) from None
     finally:
         store.close()
     if output_format == "json":

@@ -13,12 +13,9 @@ from urllib.parse import quote
 
 import httpx
 
+from distkeras_plus.errors import ClientError as ClientError
 from distkeras_plus.punchcard import DEFAULT_SERVER as DEFAULT_SERVER
 from distkeras_plus.punchcard.store import FINAL
-
-
-class ClientError(Exception):
-    """What went wrong, in one line: the daemon's own message when it sent one."""
 
 
 class PunchcardClient:

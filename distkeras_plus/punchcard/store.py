@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distkeras_plus.errors import UserExistsError
+
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -87,10 +89,6 @@ class User:
     name: str
     created: float
     jobs: int
-
-
-class UserExistsError(ValueError):
-    """`add-user` with a name that is taken."""
 
 
 class Store:

@@ -11,6 +11,7 @@ import hashlib
 import re
 import secrets
 
+from distkeras_plus.errors import UserExistsError
 from distkeras_plus.punchcard.store import Store
 
 TOKEN_PREFIX = "dkp_"  # noqa: S105 - recognisable in a config file or a secret scanner's report
@@ -27,7 +28,7 @@ def token_hash(token: str) -> str:
 
 def check_name(name: str) -> str:
     if not NAME.match(name):
-        raise ValueError(
+        raise UserExistsError(
             f"user names are 1-64 lower-case letters, digits, '_', '.', '-', starting with a letter: {name!r}"
         )
     return name

@@ -21,7 +21,7 @@ import numpy as np
 
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
 from distkeras_plus.data.storage import model_bytes, save_model_file
-from distkeras_plus.data.tables import Columns, prepare, read
+from distkeras_plus.data.tables import Columns, default_loss, prepare, read
 from distkeras_plus.errors import DataError, SettingError, TrainingError
 from distkeras_plus.plugins import registry
 from distkeras_plus.plugins.spec import OptimizerSpec, RuleChoice
@@ -93,9 +93,7 @@ def plan(df: Any, model: Any, config: RunConfig) -> Plan:
         )
     if config.checkpoint_dir is not None and rule is None:
         raise SettingError(f"{spec.name} trains without a parameter server: there is nothing to checkpoint")
-    loss = config.loss
-    if loss is None:
-        loss = "categorical_crossentropy" if columns.one_hot else "sparse_categorical_crossentropy"
+    loss = default_loss(columns.one_hot) if config.loss is None else config.loss
     return Plan(config, spec, options, rule, workers, codec.name, loss, prepared, columns)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_plus.data.tables import features_array
+from distkeras_plus.data.tables import default_loss, features_array
 from distkeras_plus.errors import DataError
 
 _X = "__dk_features"
@@ -184,7 +184,7 @@ def evaluate(
         raise DataError(f"no label column {label_col!r}; the data has columns: {', '.join(fields)}")
     one_hot = fields[label_col].typeName() in ("array", "vector")
     if loss is None:
-        loss = "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
+        loss = default_loss(one_hot)
     predicted = predict(
         df.select(features_col, label_col),
         model,
