@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+from distkeras_plus.errors import SettingError
 from distkeras_plus.ps.checkpoint import Checkpoint, Folder
 from distkeras_plus.settings import RunConfig, from_keywords, keywords_doc, signature
 from distkeras_plus.spark import driver
@@ -66,6 +67,11 @@ class Trainer:
     plugin: ClassVar[str]
 
     def __init__(self, model: Any, *, config: RunConfig | None = None, **settings: Any) -> None:
+        if "plugin" in settings:
+            raise SettingError(
+                f"{type(self).__name__} trains with {self.plugin}; "
+                "use distkeras_plus.train(plugin=...) for another"
+            )
         self.model = model
         self.config = from_keywords({**settings, "plugin": self.plugin}, config, legacy=True)
         self.result: TrainResult | None = None

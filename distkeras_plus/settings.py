@@ -351,8 +351,8 @@ def signature(head: list[inspect.Parameter], legacy: bool = False) -> inspect.Si
         params.append(p)
     for name, s, _ in declared(RunConfig):
         key = (s.legacy if legacy and s.legacy else None) or s.api or name
-        if name == "options" or key in {p.name for p in head}:
-            continue
+        if name == "options" or key in {p.name for p in head} or (legacy and name == "plugin"):
+            continue  # a trainer class is its plugin
         params.append(
             inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default_of(RunConfig, name))
         )

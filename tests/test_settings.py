@@ -77,7 +77,7 @@ def test_the_api_has_every_setting_with_its_default() -> None:
         params = inspect.signature(function).parameters
         assert inspect.Parameter.VAR_KEYWORD in {p.kind for p in params.values()}  # the optimizer's options
         for name, s, _ in declared(RunConfig):
-            if name == "options":
+            if name == "options" or (legacy and name == "plugin"):  # a trainer class is its plugin
                 continue
             key = (s.legacy if legacy else None) or s.api or name
             assert params[key].default == default_of(RunConfig, name), (function, key)
@@ -158,6 +158,8 @@ def test_keywords_that_are_not_settings_are_the_optimizers_options() -> None:
     trainer = ADAG(None, num_epoch=3, num_workers=4, window=7)
     assert trainer.config.epochs == 3 and trainer.config.workers == 4
     assert trainer.config.options == {"window": 7} and trainer.config.plugin == "adag"
+    with pytest.raises(SettingError, match="ADAG trains with adag"):
+        ADAG(None, plugin="easgd")
     base = RunConfig(epochs=5, options={"window": 2})
     assert ADAG(None, config=base, batch_size=8).config == RunConfig(
         plugin="adag", epochs=5, batch_size=8, options={"window": 2}
