@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from distkeras_plus import AuthenticationError, Client, Layout
+from distkeras_plus import AuthenticationError, Client, Layout, ServerClosedError
 from distkeras_plus.cli import main
 from distkeras_plus.ps.serve import read_secret
 
@@ -42,6 +43,19 @@ def stop(proc: subprocess.Popen[str]) -> dict[str, object]:
     stopped = json.loads(out.strip().splitlines()[-1])
     assert stopped["event"] == "stopped"
     return stopped  # type: ignore[no-any-return]
+
+
+def test_serve_drops_a_silent_worker(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    proc, info = serve("--params", "10", "--secret-file", str(secret_file), "--idle-timeout", "1")
+    try:
+        with Client(f"127.0.0.1:{info['port']}", read_secret(secret_file), Layout.flat(10), 0) as c:
+            time.sleep(2.5)  # silent for longer than the idle timeout
+            with pytest.raises(ServerClosedError):
+                c.pull(np.zeros(10, np.float32))
+    finally:
+        stats = stop(proc)
+    assert stats["timeouts"] == 1
 
 
 def test_serve_params_until_sigterm(tmp_path: Path) -> None:

@@ -108,6 +108,17 @@ def test_a_server_refuses_codecs_it_does_not_accept(secret: bytes) -> None:
             Client(address(s), secret, Layout.flat(N), 0, codec="int8")
 
 
+@pytest.mark.parametrize(
+    ("commit_id", "param", "pull_id"), [(4, 2.0, 0), (4, 0.0, 0), (9, 0.0, 0), (0, 0.0, 4)]
+)
+def test_a_codec_the_hello_cannot_name_is_refused_as_a_protocol_error(
+    zero_server: ParameterServer, secret: bytes, commit_id: int, param: float, pull_id: int
+) -> None:
+    w = RawWorker(zero_server.port)
+    kind, message = error_of(*w.hello(secret, [[N]], codecs=codecs(commit_id, param, pull_id)))
+    assert kind == "protocol" and "codec" in message  # as docs/protocol.md says codec refusals are
+
+
 def topk_payload(indices: list[int], values: list[float], count: int | None = None) -> bytes:
     out = bytearray(struct.pack("<I", len(indices) if count is None else count))
     previous = 0

@@ -143,6 +143,13 @@ def test_options_are_typed_and_validated() -> None:
         spec.parse_options({"window": "many"})
     with pytest.raises(OptionError, match=">= 1"):
         spec.parse_options({"window": 0})
+    with pytest.raises(OptionError, match="64 bits"):
+        spec.parse_options({"window": 10**41})
+    with pytest.raises(OptionError, match="finite"):
+        spec.parse_options({"rho": "nan"})
+    # What the options make of the rule's parameters is checked in the type the rule uses.
+    with pytest.raises(OptionError, match="float32"):
+        spec.rule_for(spec.parse_options({"rho": 1e300}), 2)
     flag = Option("fast", bool, False, "go fast")
     assert flag.parse("yes") is True and flag.parse("off") is False
     with pytest.raises(OptionError):

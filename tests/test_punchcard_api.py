@@ -264,6 +264,7 @@ def test_cancel_stops_every_process_of_a_running_job(world: dict[str, Any], mode
         ('{"data": "{data}", "options": {"window": "x"}}', "option window takes a int"),
         ('{"data": "{data}", "options": {"a=b": 1}}', "options.a=b.[key]: String should match pattern"),
         ('{"data": "{data}", "codec": "zip"}', "codec:"),
+        ('{"data": "{data}", "plugin": "aeasgd", "options": {"rho": 1e300}}', "rules compute in float32"),
         ('{"data": "{data}", "features": "f; rm -rf /"}', "features: String should match pattern"),
         ('{"data": "{data}", "worker_optimizer": "--x"}', "worker_optimizer: String should match pattern"),
         ('{"data": "relative/train.parquet"}', "data: a local path must be absolute"),

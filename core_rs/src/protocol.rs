@@ -283,10 +283,13 @@ pub fn decode_codecs(bytes: &[u8; 8]) -> Result<(Codec, Codec)> {
         return Err(Error::protocol("reserved codec bytes must be zero"));
     }
     let param = f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    Ok((
-        Codec::from_wire(bytes[0], param)?,
-        Codec::from_wire(bytes[1], 0.0)?,
-    ))
+    // A codec the hello cannot name (a topk ratio out of range, too) is refused like every other
+    // codec refusal: a protocol error, code 3.
+    let codec = |id, param| {
+        Codec::from_wire(id, param)
+            .map_err(|e| Error::protocol(format!("the hello names an unusable codec: {e}")))
+    };
+    Ok((codec(bytes[0], param)?, codec(bytes[1], 0.0)?))
 }
 
 impl Hello {
@@ -671,6 +674,21 @@ mod tests {
         let mut bad = h;
         bad[7] = 1;
         assert!(decode_header(&bad, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_codec_is_a_protocol_error() {
+        let topk = |ratio: f32| {
+            let mut bytes = [codec_id::TOPK, 0, 0, 0, 0, 0, 0, 0];
+            bytes[4..].copy_from_slice(&ratio.to_le_bytes());
+            decode_codecs(&bytes)
+        };
+        assert!(topk(0.5).is_ok());
+        for ratio in [0.0, 2.0, f32::NAN] {
+            assert!(matches!(topk(ratio), Err(Error::Protocol(_))), "{ratio}");
+        }
+        let unknown = decode_codecs(&[200, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(unknown, Err(Error::Protocol(_))));
     }
 
     #[test]

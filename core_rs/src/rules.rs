@@ -148,7 +148,16 @@ impl Params<'_> {
                 "rule parameter {key} must be > 0, got {v}"
             )));
         }
-        Ok(v as f32)
+        // Rules compute in float32: a value that would become infinite or zero there is refused.
+        let single = v as f32;
+        if !single.is_finite() || single < f32::MIN_POSITIVE {
+            return Err(Error::invalid(format!(
+                "rule parameter {key} must be between {:e} and {:e} (rules compute in float32), got {v:e}",
+                f32::MIN_POSITIVE,
+                f32::MAX
+            )));
+        }
+        Ok(single)
     }
 }
 
@@ -300,6 +309,17 @@ mod tests {
         assert!(Rule::parse("sync", &[("workers", 2.5)]).is_err());
         assert!(Rule::parse("add", &[("scale", f64::NAN)]).is_err());
         assert!(Rule::parse("adaptive", &[("gamma", 0.0)]).is_err());
+        // Checked in the type the rule computes in: float32.
+        for too_far in [1e300, 1e39, 1e-300] {
+            let err = Rule::parse("elastic", &[("alpha", too_far)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("float32") && err.contains("3.4028235e38"),
+                "{err}"
+            );
+        }
+        assert!(Rule::parse("elastic", &[("alpha", 3e38)]).is_ok());
     }
 
     #[test]

@@ -46,6 +46,13 @@ def ps() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Hex secret that workers must hold; created if missing (default: a new private temp file).",
 )
+@click.option(
+    "--idle-timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a worker may stay silent, mid-frame or between frames, before it is dropped.",
+)
 @OUTPUT_FORMAT
 def ps_serve(
     num_params: int | None,
@@ -55,6 +62,7 @@ def ps_serve(
     host: str,
     port: int,
     secret_file: Path | None,
+    idle_timeout: float,
     output_format: str,
 ) -> None:
     """Serve a parameter server until interrupted (Ctrl-C or SIGTERM)."""
@@ -63,7 +71,7 @@ def ps_serve(
     weights = model_weights(model) if model is not None else flat_weights(num_params or 0)
     secret, secret_file = _secret(secret_file)
     try:
-        server = start_server(weights, secret, rule, parse_rule_params(rule_param), host, port)
+        server = start_server(weights, secret, rule, parse_rule_params(rule_param), host, port, idle_timeout)
     except OSError as e:  # the address is taken or not this machine's
         raise UserError(one_line(e)) from e
 

@@ -8,7 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distkeras_plus._core import RULES
+import numpy as np
+
+from distkeras_plus._core import RULES, Centre, InvalidArgumentError
 from distkeras_plus.errors import OptionError, PluginError
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ class Option:
             raise OptionError(f"option {self.name} takes a {self.type.__name__}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise OptionError(f"option {self.name} must be a finite number, got {value!r}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise OptionError(f"option {self.name} must fit in 64 bits, got {value!r}")
         if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             raise OptionError(f"option {self.name} must be >= {self.minimum}, got {value!r}")
         if self.choices is not None and value not in self.choices:
@@ -119,9 +123,17 @@ class OptimizerSpec:
         return wo(options) if callable(wo) else wo
 
     def rule_for(self, options: Mapping[str, Any], num_workers: int) -> RuleChoice | None:
+        """The rule for these options, its parameters checked by the core (a `rho` that makes
+        `alpha` too large for float32 is an error here, before anything runs)."""
         choice = self.rule(options, num_workers)
-        if choice is not None and choice.name not in RULES:
+        if choice is None:
+            return None
+        if choice.name not in RULES:
             raise PluginError(
                 f"optimizer {self.name} asks for unknown rule {choice.name!r}; rules: {', '.join(RULES)}"
             )
+        try:
+            Centre(np.zeros(1, np.float32), choice.name, dict(choice.params))
+        except InvalidArgumentError as e:
+            raise OptionError(f"{self.name} with these options: {e}") from None
         return choice

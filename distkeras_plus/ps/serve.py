@@ -76,10 +76,12 @@ def start_server(
     params: dict[str, float] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    idle_timeout: float | None = None,
 ) -> ParameterServer:
-    """Starts serving `weights` as the centre variable under `rule`."""
+    """Starts serving `weights` as the centre variable under `rule`; a worker silent for
+    `idle_timeout` seconds is dropped."""
     centre = Centre(weights.flat, rule, params)
-    return ParameterServer(centre, weights.layout, secret, host=host, port=port)
+    return ParameterServer(centre, weights.layout, secret, host=host, port=port, idle_timeout=idle_timeout)
 
 
 def flat_weights(num_params: int) -> FlatWeights:

@@ -95,7 +95,8 @@ def check(spec: _Spec, data_roots: Sequence[Path] = ()) -> None:
 
     config = spec.config()
     try:
-        registry.get(config.plugin).spec.parse_options(config.options)
+        optimizer = registry.get(config.plugin).spec
+        optimizer.rule_for(optimizer.parse_options(config.options), config.workers)
     except DkError as e:
         raise SpecError(str(e)) from None
     _check_data("data", config.data or "", data_roots)
