@@ -48,11 +48,14 @@ def resumed(folder: str, master: str | None = None, workers: int = 2) -> tuple[J
     a Spark session of `workers` (a local folder is read before Spark starts, with the recorded)."""
     spark = local_session(workers, master) if is_uri(folder) else None
     checkpoint = Folder(folder, spark).latest()
+    recorded = checkpoint.config
     try:
-        job = JobConfig.from_dict({**checkpoint.config, "checkpoint_dir": folder})
+        job = JobConfig.from_dict(
+            {**recorded, "checkpoint_dir": folder, "master": master or recorded.get("master")}
+        )
     except (SettingError, TypeError) as e:
         raise CheckpointError(f"the checkpoint in {folder} records no usable run: {e}") from None
-    return JobConfig.from_dict({**job.to_dict(), "master": master or job.master}), checkpoint
+    return job, checkpoint
 
 
 def run_training(
