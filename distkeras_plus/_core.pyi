@@ -115,7 +115,6 @@ class Centre:
         sent: _F32 | None = None,
         out: _F32 | None = None,
         worker: int = 0,
-        check_finite: bool = True,
     ) -> tuple[int, int]: ...
 
 @final
@@ -133,6 +132,7 @@ class ParameterServer:
         max_connections: int = 1024,
         codecs: Sequence[str] | None = None,
         idle_timeout: float | None = None,
+        max_unauthenticated: int = 64,
     ) -> Self: ...
     @property
     def address(self) -> tuple[str, int]: ...

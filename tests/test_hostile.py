@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -209,3 +210,39 @@ def test_slow_sender_does_not_block_other_workers(server: ParameterServer, secre
     slow.send(frame_bytes[100:])  # the rest arrives: applied whole
     assert read_frame(slow.sock)[0] == OPS["committed"]
     assert np.all(server.centre.to_numpy() == 11.0)
+
+
+def test_slow_strangers_neither_outstay_the_deadline_nor_keep_a_worker_out(secret: bytes) -> None:
+    from distkeras_plus import Centre
+
+    centre = Centre(np.ones(N, dtype=np.float32))
+    with ParameterServer(centre, Layout.flat(N), secret, handshake_timeout=3.0) as server:
+        strangers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(200)]
+        hello_start = header(OPS["hello"], 108)
+        closed: set[int] = set()
+
+        def dribble(rounds: int) -> None:
+            """One byte a second on every stranger that is still open, a valid hello's start."""
+            for i in range(rounds):
+                for k, s in enumerate(strangers):
+                    if k not in closed:
+                        try:
+                            s.sendall(hello_start[i : i + 1])
+                        except OSError:
+                            closed.add(k)
+                time.sleep(1.0)
+
+        dribble(2)
+        started = time.perf_counter()
+        with Client(address(server), secret, Layout.flat(N), worker_id=1) as worker:
+            out = np.zeros(N, dtype=np.float32)
+            worker.pull(out)
+        took = time.perf_counter() - started
+        assert took < 1.0 and np.all(out == 1.0)
+        dribble(4)  # past the deadline: every stranger is closed, however steadily it sends
+        stats = server.stats()
+        # 136 closed to make room (64 may wait at once), the 64 others at the deadline.
+        assert len(closed) == 200 and stats["timeouts"] == 200, stats
+        assert stats["auth_failures"] == 0 and stats["protocol_errors"] == 0
+        for s in strangers:
+            s.close()

@@ -6,6 +6,11 @@
 //! commit is applied whole and in one global order, and every pull copies a state that really
 //! existed (the centre after exactly `clock` commits). The clock is read and advanced while shard 0
 //! is held, which makes a commit's staleness exact and atomic with its application.
+//!
+//! No commit may make a centre value infinite, and a refused commit must change nothing, though
+//! shards are applied one after another. So the centre keeps `bound`, an upper bound on every
+//! `|C|` once the commits in flight are applied: a commit whose worst case keeps it below
+//! `f32::MAX` goes straight through; only one that might not takes every shard and checks exactly.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,26 +31,34 @@ pub struct Applied {
     pub staleness: u64,
 }
 
-/// Commit values known to be finite: checked once, where it is cheapest (the server checks each
-/// chunk as it arrives from the socket, while it is still in cache).
+/// Commit values known to be finite, with their largest magnitude: checked once, where it is
+/// cheapest (the server checks each chunk as it arrives from the socket, while it is still in cache).
 #[derive(Debug, Clone, Copy)]
-pub struct Finite<'a>(&'a [f32]);
+pub struct Finite<'a> {
+    values: &'a [f32],
+    max_abs: f32,
+}
 
 impl<'a> Finite<'a> {
     pub fn check(values: &'a [f32]) -> Result<Self> {
-        if !rules::all_finite(values) {
-            return Err(Error::rejected(
-                "commit contains NaN or infinity; the centre is unchanged",
-            ));
-        }
-        Ok(Finite(values))
+        let max_abs = rules::finite_max_abs(values).ok_or_else(|| {
+            Error::rejected("commit contains NaN or infinity; the centre is unchanged")
+        })?;
+        Ok(Finite { values, max_abs })
     }
 
-    /// For values the caller has already checked; a NaN passed here would spread through the centre.
-    pub fn trusted(values: &'a [f32]) -> Self {
-        Finite(values)
+    /// For values whose check the caller has just made: `max_abs` is what `finite_max_abs` gave.
+    pub(crate) fn checked(values: &'a [f32], max_abs: f32) -> Self {
+        Finite { values, max_abs }
     }
 }
+
+/// Each float32 operation rounds, so a bound is trusted only this far below `f32::MAX`.
+fn below_max(bound: f64) -> bool {
+    bound * (1.0 + 1e-6) <= f64::from(f32::MAX)
+}
+
+const OVERFLOW: &str = "commit would make the centre infinite; the centre is unchanged";
 
 pub struct Centre {
     rule: Rule,
@@ -56,6 +69,9 @@ pub struct Centre {
     /// How long a synchronous round may wait for its last worker before it is abandoned.
     round_timeout: Option<Duration>,
     closed: AtomicBool,
+    /// `f64` bits of an upper bound on every `|C|` once the commits in flight are applied; changed
+    /// only by a commit that holds shard 0 (asynchronous rules) or the round lock (sync).
+    bound: AtomicU64,
 }
 
 struct SyncRounds {
@@ -73,17 +89,23 @@ struct RoundState {
     generation: u64,
     joined: Vec<u32>,
     added: u32,
+    /// The sum of the joined commits' largest magnitudes.
+    growth: f64,
+    /// Why the last abandoned round was abandoned, for its waiters.
+    abandoned_because: String,
 }
 
 impl SyncRounds {
     /// Drops the current round: its sum is cleared and its waiters learn it will not complete.
     /// The caller holds the state lock and has seen every joined contribution fully added.
-    fn abandon(&self, st: &mut RoundState) {
+    fn abandon(&self, st: &mut RoundState, because: String) {
         for sum in &self.sum {
             sum.lock().fill(0.0);
         }
         st.joined.clear();
         st.added = 0;
+        st.growth = 0.0;
+        st.abandoned_because = because;
         st.generation += 1;
         self.done.notify_all();
     }
@@ -98,9 +120,8 @@ impl Centre {
         if initial.is_empty() {
             return Err(Error::invalid("the centre needs at least one parameter"));
         }
-        if !rules::all_finite(initial) {
-            return Err(Error::invalid("initial weights contain NaN or infinity"));
-        }
+        let max_abs = rules::finite_max_abs(initial)
+            .ok_or_else(|| Error::invalid("initial weights contain NaN or infinity"))?;
         let rounds = match rule {
             Rule::Sync { workers, scale } => Some(SyncRounds {
                 workers,
@@ -122,6 +143,7 @@ impl Centre {
             rounds,
             round_timeout: None,
             closed: AtomicBool::new(false),
+            bound: AtomicU64::new(f64::from(max_abs).to_bits()),
         })
     }
 
@@ -157,7 +179,12 @@ impl Centre {
         while (st.added as usize) < st.joined.len() {
             rounds.done.wait_for(&mut st, Duration::from_millis(10));
         }
-        rounds.abandon(&mut st);
+        let because = format!(
+            "synchronous round {} was abandoned: worker {worker} restarted; the centre is unchanged \
+             and the round can be retried",
+            st.round
+        );
+        rounds.abandon(&mut st, because);
         true
     }
 
@@ -209,8 +236,7 @@ impl Centre {
         reply: Option<&mut [f32]>,
         worker: u32,
     ) -> Result<Applied> {
-        let delta = delta.0;
-        check_len("commit", delta.len(), "the centre", self.len)?;
+        check_len("commit", delta.values.len(), "the centre", self.len)?;
         match self.rule {
             Rule::Sync { .. } => {
                 let reply = reply.ok_or_else(|| {
@@ -226,7 +252,7 @@ impl Centre {
     fn commit_async(
         &self,
         rule: Rule,
-        delta: &[f32],
+        delta: Finite<'_>,
         last_pull_clock: u64,
         sent: Option<&[f32]>,
         mut reply: Option<&mut [f32]>,
@@ -255,32 +281,68 @@ impl Centre {
             )));
         }
         let staleness = now - last_pull_clock;
-        self.clock.store(now + 1, Ordering::Release);
         let dyn_scale = 1.0 / (staleness as f32 + 1.0);
-
-        for (i, d) in delta.chunks(SHARD_LEN).enumerate() {
-            if i > 0 {
-                guard = self.shards[i].write(); // takes shard i before releasing shard i - 1
-            }
-            let range = i * SHARD_LEN..i * SHARD_LEN + d.len();
+        let applied = Applied {
+            clock: now + 1,
+            staleness,
+        };
+        let apply = |i: usize, shard: &mut [f32], reply: &mut Option<&mut [f32]>| {
+            let range = i * SHARD_LEN..i * SHARD_LEN + shard.len();
+            let d = &delta.values[range.clone()];
             match rule {
-                Rule::Add { scale } => rules::add_scaled(&mut guard, d, scale),
-                Rule::DynSgd => rules::add_scaled(&mut guard, d, dyn_scale),
-                Rule::Adaptive { gamma } => rules::adaptive(&mut guard, d, &sent[range], gamma),
+                Rule::Add { scale } => rules::add_scaled(shard, d, scale),
+                Rule::DynSgd => rules::add_scaled(shard, d, dyn_scale),
+                Rule::Adaptive { gamma } => rules::adaptive(shard, d, &sent[range], gamma),
                 Rule::Elastic { alpha } => {
                     let out = reply.as_deref_mut().expect("checked above");
-                    rules::elastic(&mut guard, d, &mut out[range], alpha)
+                    rules::elastic(shard, d, &mut out[range], alpha)
                 }
                 Rule::Sync { .. } => unreachable!("sync commits take commit_sync"),
             }
+        };
+
+        let bound = f64::from_bits(self.bound.load(Ordering::Relaxed));
+        let Some(next) = next_bound(rule, bound, f64::from(delta.max_abs), dyn_scale) else {
+            // This commit might overflow: hold every shard, so no commit is in flight, and check it
+            // on a copy of each shard before anything is changed.
+            let mut guards = vec![guard];
+            guards.extend(self.shards[1..].iter().map(|s| s.write()));
+            let (mut now_max, mut then_max) = (0f32, 0f32);
+            let mut scratch = Vec::with_capacity(SHARD_LEN);
+            for (i, shard) in guards.iter().enumerate() {
+                scratch.clear();
+                scratch.extend_from_slice(shard);
+                apply(i, &mut scratch, &mut reply);
+                now_max = now_max.max(rules::finite_max_abs(shard).expect("the centre is finite"));
+                match rules::finite_max_abs(&scratch) {
+                    Some(m) => then_max = then_max.max(m),
+                    None => {
+                        self.bound
+                            .store(f64::from(now_max).to_bits(), Ordering::Relaxed);
+                        return Err(Error::rejected(OVERFLOW));
+                    }
+                }
+            }
+            self.clock.store(now + 1, Ordering::Release);
+            for (i, shard) in guards.iter_mut().enumerate() {
+                apply(i, shard, &mut reply);
+            }
+            self.bound
+                .store(f64::from(then_max).to_bits(), Ordering::Relaxed);
+            return Ok(applied);
+        };
+        self.bound.store(next.to_bits(), Ordering::Relaxed);
+        self.clock.store(now + 1, Ordering::Release);
+        for i in 0..self.shards.len() {
+            if i > 0 {
+                guard = self.shards[i].write(); // takes shard i before releasing shard i - 1
+            }
+            apply(i, &mut guard, &mut reply);
         }
-        Ok(Applied {
-            clock: now + 1,
-            staleness,
-        })
+        Ok(applied)
     }
 
-    fn commit_sync(&self, delta: &[f32], reply: &mut [f32], worker: u32) -> Result<Applied> {
+    fn commit_sync(&self, delta: Finite<'_>, reply: &mut [f32], worker: u32) -> Result<Applied> {
         let rounds = self.rounds.as_ref().expect("sync rule has rounds");
         let started = Instant::now();
         let (my_round, my_generation) = {
@@ -299,29 +361,47 @@ impl Centre {
                 )));
             }
             st.joined.push(worker);
+            st.growth += f64::from(delta.max_abs);
             (st.round, st.generation)
         };
-        for (sum, d) in rounds.sum.iter().zip(delta.chunks(SHARD_LEN)) {
+        for (sum, d) in rounds.sum.iter().zip(delta.values.chunks(SHARD_LEN)) {
             rules::add_scaled(&mut sum.lock(), d, 1.0);
         }
         let mut st = rounds.state.lock();
         st.added += 1;
         if st.added == rounds.workers {
             // Every contribution of this round is in the sum: apply it and start the next round.
+            // Nothing else changes the centre meanwhile: commits wait for this round to complete.
+            let bound = f64::from_bits(self.bound.load(Ordering::Relaxed));
+            let next = bound + f64::from(rounds.scale) * st.growth;
+            let next = if below_max(next) {
+                next
+            } else {
+                match self.sync_result_max(rounds) {
+                    Some(m) => f64::from(m),
+                    None => {
+                        let because = format!("synchronous round {}: {OVERFLOW}", st.round);
+                        rounds.abandon(&mut st, because.clone());
+                        return Err(Error::rejected(because));
+                    }
+                }
+            };
             for (shard, sum) in self.shards.iter().zip(&rounds.sum) {
                 let mut sum = sum.lock();
                 rules::add_scaled(&mut shard.write(), &sum, rounds.scale);
                 sum.fill(0.0);
             }
+            self.bound.store(next.to_bits(), Ordering::Relaxed);
             self.clock.fetch_add(1, Ordering::AcqRel);
             st.round += 1;
             st.joined.clear();
             st.added = 0;
+            st.growth = 0.0;
             rounds.done.notify_all();
         } else {
             loop {
                 if st.generation != my_generation {
-                    return Err(self.abandoned(my_round));
+                    return Err(Error::rejected(st.abandoned_because.clone()));
                 }
                 if st.round != my_round {
                     break;
@@ -332,8 +412,8 @@ impl Centre {
                     .is_some_and(|limit| started.elapsed() >= limit);
                 // Only once no contribution is half-added can the round's sum be cleared.
                 if overdue && st.added as usize == st.joined.len() {
-                    rounds.abandon(&mut st);
-                    return Err(self.abandoned(my_round));
+                    rounds.abandon(&mut st, self.overdue(my_round));
+                    return Err(Error::rejected(st.abandoned_because.clone()));
                 }
                 rounds.done.wait_for(&mut st, Duration::from_millis(100));
             }
@@ -347,13 +427,26 @@ impl Centre {
         })
     }
 
-    fn abandoned(&self, round: u64) -> Error {
+    fn overdue(&self, round: u64) -> String {
         let limit = self.round_timeout.unwrap_or_default();
-        Error::rejected(format!(
+        format!(
             "synchronous round {round} was abandoned: not every worker committed within {:.1} s; \
              the centre is unchanged and the round can be retried",
             limit.as_secs_f64()
-        ))
+        )
+    }
+
+    /// The largest `|C|` once the round's sum is applied, or `None` if a value would be infinite.
+    fn sync_result_max(&self, rounds: &SyncRounds) -> Option<f32> {
+        let mut scratch = Vec::with_capacity(SHARD_LEN);
+        let mut max = 0f32;
+        for (shard, sum) in self.shards.iter().zip(&rounds.sum) {
+            scratch.clear();
+            scratch.extend_from_slice(&shard.read());
+            rules::add_scaled(&mut scratch, &sum.lock(), rounds.scale);
+            max = max.max(rules::finite_max_abs(&scratch)?);
+        }
+        Some(max)
     }
 
     fn check_open(&self) -> Result<()> {
@@ -366,12 +459,39 @@ impl Centre {
     }
 }
 
+/// The bound on `|C|` once a commit whose largest magnitude is `m` is applied to a centre bounded
+/// by `bound`, or `None` if that bound might not be finite (then the commit is checked exactly).
+fn next_bound(rule: Rule, bound: f64, m: f64, dyn_scale: f32) -> Option<f64> {
+    let (next, worst) = match rule {
+        Rule::Add { scale } => (bound + f64::from(scale) * m, 0.0),
+        Rule::DynSgd => (bound + f64::from(dyn_scale) * m, 0.0),
+        // The step is `D` divided by at least 1, and an infinite drift only makes it 0.
+        Rule::Adaptive { .. } => (bound + m, 0.0),
+        // `C + alpha (W - C)`: between C and W for alpha <= 1; `W - C` itself must stay finite.
+        Rule::Elastic { alpha } => {
+            let alpha = f64::from(alpha);
+            let next = if alpha <= 1.0 {
+                bound.max(m)
+            } else {
+                bound + alpha * (m + bound)
+            };
+            (next, (m + bound) * alpha.max(1.0))
+        }
+        Rule::Sync { .. } => unreachable!("sync commits take commit_sync"),
+    };
+    (below_max(next) && below_max(worst)).then_some(next * (1.0 + 1e-6))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::thread;
+
+    fn finite(values: &[f32]) -> Finite<'_> {
+        Finite::check(values).unwrap()
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
@@ -386,7 +506,7 @@ mod tests {
             let handles: Vec<_> = halves.into_iter().map(|values| {
                 let centre = Arc::clone(&centre);
                 thread::spawn(move || for v in values {
-                    centre.commit(Finite::trusted(&vec![v as f32; len]), 0, None, None, 0).unwrap();
+                    centre.commit(finite(&vec![v as f32; len]), 0, None, None, 0).unwrap();
                 })
             }).collect();
             for h in handles {
@@ -441,9 +561,7 @@ mod tests {
             thread::spawn(move || {
                 let ones = vec![1.0; n];
                 for _ in 0..300 {
-                    centre
-                        .commit(Finite::trusted(&ones), 0, None, None, 0)
-                        .unwrap();
+                    centre.commit(finite(&ones), 0, None, None, 0).unwrap();
                 }
             })
         };
@@ -461,9 +579,7 @@ mod tests {
     #[test]
     fn dynsgd_scales_by_staleness() {
         let centre = Centre::new(Rule::DynSgd, &[0.0; 4]).unwrap();
-        let a = centre
-            .commit(Finite::trusted(&[4.0; 4]), 0, None, None, 0)
-            .unwrap();
+        let a = centre.commit(finite(&[4.0; 4]), 0, None, None, 0).unwrap();
         assert_eq!(
             a,
             Applied {
@@ -471,9 +587,7 @@ mod tests {
                 staleness: 0
             }
         );
-        let b = centre
-            .commit(Finite::trusted(&[4.0; 4]), 0, None, None, 1)
-            .unwrap();
+        let b = centre.commit(finite(&[4.0; 4]), 0, None, None, 1).unwrap();
         assert_eq!(
             b,
             Applied {
@@ -490,15 +604,156 @@ mod tests {
     fn invalid_commits_change_nothing() {
         let centre = Centre::new(add(), &[1.0; 3]).unwrap();
         assert!(Finite::check(&[1.0, f32::NAN, 1.0]).is_err());
-        assert!(centre
-            .commit(Finite::trusted(&[1.0; 2]), 0, None, None, 0)
-            .is_err());
-        assert!(centre
-            .commit(Finite::trusted(&[1.0; 3]), 5, None, None, 0)
-            .is_err());
+        assert!(centre.commit(finite(&[1.0; 2]), 0, None, None, 0).is_err());
+        assert!(centre.commit(finite(&[1.0; 3]), 5, None, None, 0).is_err());
         let mut out = [0.0; 3];
         assert_eq!(centre.pull(&mut out).unwrap(), 0);
         assert_eq!(out, [1.0; 3]);
+    }
+
+    fn snapshot(centre: &Centre) -> Vec<f32> {
+        let mut out = vec![0.0; centre.len()];
+        centre.pull(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_commit_that_would_overflow_is_refused_whole() {
+        // Two shards and a bit: the overflow is in the last one, after shards that would fit.
+        let n = 2 * SHARD_LEN + 3;
+        let centre = Centre::new(add(), &vec![0.0; n]).unwrap();
+        let mut big = vec![1.0f32; n];
+        big[n - 1] = 3e38;
+        centre.commit(finite(&big), 0, None, None, 0).unwrap();
+        let err = centre.commit(finite(&big), 1, None, None, 0).unwrap_err();
+        assert!(err.to_string().contains("infinite"), "{err}");
+        let after = snapshot(&centre);
+        assert_eq!(centre.clock(), 1);
+        assert!(after[..n - 1].iter().all(|&v| v == 1.0));
+        assert_eq!(after[n - 1], 3e38);
+        // Taking the value back down is fine, and the bound follows the centre back down.
+        big[n - 1] = -3e38;
+        centre.commit(finite(&big), 1, None, None, 0).unwrap();
+        big[n - 1] = 3e38;
+        centre.commit(finite(&big), 2, None, None, 0).unwrap();
+        assert_eq!(snapshot(&centre)[n - 1], 3e38);
+        assert_eq!(centre.clock(), 3);
+    }
+
+    #[test]
+    fn concurrent_commits_near_the_limit_are_applied_whole_or_not_at_all() {
+        // Steps of 2^126: the centre holds k * 2^126 exactly, and k = +-4 would be infinite.
+        let step = 2f32.powi(126);
+        let n = SHARD_LEN + 5;
+        let centre = Arc::new(Centre::new(add(), &vec![0.0; n]).unwrap());
+        let net: i64 = (0..4u64)
+            .map(|t| {
+                let centre = Arc::clone(&centre);
+                thread::spawn(move || {
+                    let mut rng = t + 1;
+                    let mut net = 0i64;
+                    for _ in 0..300 {
+                        rng = rng
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let sign = if rng >> 63 == 1 { 1.0 } else { -1.0 };
+                        let delta = vec![sign * step; n];
+                        if centre.commit(finite(&delta), 0, None, None, 0).is_ok() {
+                            net += sign as i64;
+                        }
+                    }
+                    net
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        let after = snapshot(&centre);
+        assert!(
+            after.iter().all(|&v| v == net as f32 * step),
+            "{net} {:?}",
+            &after[..2]
+        );
+        assert!(net.abs() <= 3);
+    }
+
+    #[test]
+    fn elastic_and_adaptive_commits_never_overflow() {
+        let elastic = Centre::new(Rule::Elastic { alpha: 2.0 }, &[-3e38, 1.0]).unwrap();
+        let mut e = [0.0; 2];
+        // W - C alone would be infinite.
+        let err = elastic
+            .commit(finite(&[3e38, 1.0]), 0, None, Some(&mut e), 0)
+            .unwrap_err();
+        assert!(err.to_string().contains("infinite"), "{err}");
+        assert_eq!(snapshot(&elastic), [-3e38, 1.0]);
+        // alpha <= 1 stays between C and W: no growth in the bound, so many commits go through.
+        let calm = Centre::new(Rule::Elastic { alpha: 0.5 }, &[3e38, -3e38]).unwrap();
+        for _ in 0..1000 {
+            calm.commit(finite(&[1e38, -1e38]), 0, None, Some(&mut e), 0)
+                .unwrap();
+        }
+        assert!(snapshot(&calm).iter().all(|v| v.is_finite()));
+
+        let adaptive = Centre::new(Rule::Adaptive { gamma: 1.0 }, &[3e38]).unwrap();
+        let sent = [-3e38]; // the drift itself overflows: the step becomes 0, never NaN
+        adaptive
+            .commit(finite(&[3e38]), 0, Some(&sent), None, 0)
+            .unwrap();
+        assert_eq!(snapshot(&adaptive), [3e38]);
+    }
+
+    #[test]
+    fn a_sync_round_that_would_overflow_is_abandoned() {
+        let centre = Arc::new(
+            Centre::new(
+                Rule::Sync {
+                    workers: 2,
+                    scale: 1.0,
+                },
+                &[3e38, 0.0],
+            )
+            .unwrap(),
+        );
+        let waiter = {
+            let centre = Arc::clone(&centre);
+            thread::spawn(move || {
+                centre.commit(finite(&[2e38, 1.0]), 0, None, Some(&mut [0.0; 2]), 0)
+            })
+        };
+        thread::sleep(Duration::from_millis(100));
+        let last = centre.commit(finite(&[1.0, 1.0]), 0, None, Some(&mut [0.0; 2]), 1);
+        for outcome in [last, waiter.join().unwrap()] {
+            let err = outcome.unwrap_err();
+            assert!(err.to_string().contains("infinite"), "{err}");
+        }
+        assert_eq!(snapshot(&centre), [3e38, 0.0]);
+        assert_eq!(centre.clock(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        // Whatever finite commits arrive, the centre stays finite, and a refused one changes nothing.
+        #[test]
+        fn the_centre_stays_finite(
+            commits in proptest::collection::vec(proptest::collection::vec(-3.4e38f32..3.4e38, 3), 1..12),
+            scale in 0.1f32..4.0,
+        ) {
+            let centre = Centre::new(Rule::Add { scale }, &[0.0; 3]).unwrap();
+            for delta in &commits {
+                let before = snapshot(&centre);
+                let clock = centre.clock();
+                let exact: Vec<f32> = before.iter().zip(delta).map(|(c, d)| c + scale * d).collect();
+                match centre.commit(finite(delta), clock, None, None, 0) {
+                    Ok(_) => prop_assert_eq!(snapshot(&centre), exact),
+                    Err(_) => {
+                        prop_assert!(exact.iter().any(|v| !v.is_finite()));
+                        prop_assert_eq!(snapshot(&centre), before);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -520,13 +775,7 @@ mod tests {
                     thread::spawn(move || {
                         let mut reply = [0.0; 5];
                         let applied = centre
-                            .commit(
-                                Finite::trusted(&[(w + 1) as f32; 5]),
-                                0,
-                                None,
-                                Some(&mut reply),
-                                w,
-                            )
+                            .commit(finite(&[(w + 1) as f32; 5]), 0, None, Some(&mut reply), w)
                             .unwrap();
                         (applied, reply)
                     })
@@ -555,7 +804,7 @@ mod tests {
             .map(|w| {
                 let centre = Arc::clone(&centre);
                 thread::spawn(move || {
-                    centre.commit(Finite::trusted(&[1.0; 4]), 0, None, Some(&mut [0.0; 4]), w)
+                    centre.commit(finite(&[1.0; 4]), 0, None, Some(&mut [0.0; 4]), w)
                 })
             })
             .collect();
@@ -571,7 +820,7 @@ mod tests {
             .map(|w| {
                 let centre = Arc::clone(&centre);
                 thread::spawn(move || {
-                    centre.commit(Finite::trusted(&[2.0; 4]), 0, None, Some(&mut [0.0; 4]), w)
+                    centre.commit(finite(&[2.0; 4]), 0, None, Some(&mut [0.0; 4]), w)
                 })
             })
             .collect();
@@ -596,9 +845,7 @@ mod tests {
         );
         let first = {
             let centre = Arc::clone(&centre);
-            thread::spawn(move || {
-                centre.commit(Finite::trusted(&[1.0; 2]), 0, None, Some(&mut [0.0; 2]), 0)
-            })
+            thread::spawn(move || centre.commit(finite(&[1.0; 2]), 0, None, Some(&mut [0.0; 2]), 0))
         };
         while centre
             .rounds
@@ -612,7 +859,7 @@ mod tests {
             thread::yield_now();
         }
         let again = centre
-            .commit(Finite::trusted(&[1.0; 2]), 0, None, Some(&mut [0.0; 2]), 0)
+            .commit(finite(&[1.0; 2]), 0, None, Some(&mut [0.0; 2]), 0)
             .unwrap_err();
         assert!(again.to_string().contains("already committed"), "{again}");
         centre.close();

@@ -268,17 +268,25 @@ pub fn elastic(centre: &mut [f32], weights: &[f32], out: &mut [f32], alpha: f32)
     }
 }
 
-/// True when every value is finite; a NaN or infinity in a commit would poison the centre for all.
+/// The bits of the largest `|x|`: for non-negative floats the bit order is the numeric order, and
+/// NaN and infinity have an all-ones exponent, so one integer max says both how large and whether
+/// every value is finite. Branch-free so it vectorises.
 #[multiversion(targets("x86_64+avx2", "aarch64+neon"))]
+fn max_abs_bits(values: &[f32]) -> u32 {
+    values
+        .iter()
+        .fold(0u32, |acc, x| acc.max(x.to_bits() & 0x7fff_ffff))
+}
+
+/// The largest `|x|`, or `None` if any value is NaN or infinite.
+pub fn finite_max_abs(values: &[f32]) -> Option<f32> {
+    let bits = max_abs_bits(values);
+    (bits < 0x7f80_0000).then(|| f32::from_bits(bits))
+}
+
+/// True when every value is finite; a NaN or infinity in a commit would poison the centre for all.
 pub fn all_finite(values: &[f32]) -> bool {
-    // Branch-free integer test per chunk so it vectorises: an all-ones exponent is NaN or infinity.
-    const EXP: u32 = 0x7f80_0000;
-    values.chunks(4096).all(|chunk| {
-        chunk
-            .iter()
-            .fold(0u32, |acc, x| acc | u32::from(x.to_bits() & EXP == EXP))
-            == 0
-    })
+    finite_max_abs(values).is_some()
 }
 
 #[cfg(test)]
@@ -362,6 +370,10 @@ mod tests {
         assert!(!all_finite(&v));
         v[4321] = f32::MAX;
         assert!(all_finite(&v));
+        v[17] = -f32::MAX;
+        assert_eq!(finite_max_abs(&v), Some(f32::MAX));
+        assert_eq!(finite_max_abs(&[-3.0, 2.0, 0.5]), Some(3.0));
+        assert_eq!(finite_max_abs(&[]), Some(0.0));
     }
 
     #[test]

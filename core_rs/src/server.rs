@@ -1,13 +1,13 @@
 //! The TCP parameter server: one acceptor thread and one thread per worker connection, all plain
 //! Rust (no Python objects), stopped cleanly by `Server::stop` or on drop.
 
-use std::collections::HashMap;
-use std::io;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -15,8 +15,8 @@ use crate::centre::{Applied, Centre, Finite};
 use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::protocol::{self as p, Conn, ErrorCode, Op};
-use crate::rules::Rule;
+use crate::protocol::{self as p, Conn, Op, Traffic};
+use crate::rules::{self, Rule};
 use crate::stats::{Counters, Snapshot};
 
 /// The shortest run secret a server accepts, in bytes.
@@ -27,12 +27,16 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub secret: Vec<u8>,
-    /// How long an unauthenticated connection may take to say hello.
+    /// How long a connection may take, from accept to welcome, to prove it holds the secret.
     pub handshake_timeout: Duration,
     /// How long an authenticated worker may stay silent (between or inside frames) before it is
     /// dropped; `None`: as long as it likes.
     pub idle_timeout: Option<Duration>,
+    /// Authenticated workers served at once.
     pub max_connections: usize,
+    /// Connections still in their handshake; a new one beyond this closes the oldest, so silent or
+    /// slow strangers cannot keep a worker out.
+    pub max_unauthenticated: usize,
     /// Codec families workers may use (as `codec::families()` names them); `None`: all.
     pub accept_codecs: Option<Vec<String>>,
 }
@@ -46,6 +50,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: None,
             max_connections: 1024,
+            max_unauthenticated: 64,
             accept_codecs: None,
         }
     }
@@ -58,6 +63,7 @@ struct Shared {
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_connections: usize,
+    max_unauthenticated: usize,
     accept_codecs: Option<Vec<String>>,
     stopping: AtomicBool,
     counters: Counters,
@@ -72,7 +78,39 @@ struct Shared {
 struct Connections {
     next_id: u64,
     live: HashMap<u64, TcpStream>,
+    /// Connections in their handshake, oldest first.
+    handshaking: VecDeque<u64>,
+    authenticated: usize,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl Connections {
+    /// Moves connection `id` from the handshake to the authenticated workers, if there is room
+    /// and it was not closed meanwhile to make room for a newer one.
+    fn authenticate(&mut self, id: u64, max_connections: usize) -> Result<()> {
+        let Some(at) = self.handshaking.iter().position(|&c| c == id) else {
+            return Err(Error::Closed(
+                "the handshake was closed to make room for newer connections".into(),
+            ));
+        };
+        if self.authenticated >= max_connections {
+            return Err(Error::Closed(format!(
+                "too many connections to the parameter server (it serves {max_connections} workers)"
+            )));
+        }
+        self.handshaking.remove(at);
+        self.authenticated += 1;
+        Ok(())
+    }
+
+    fn leave(&mut self, id: u64, authenticated: bool) {
+        self.live.remove(&id);
+        if authenticated {
+            self.authenticated -= 1;
+        } else {
+            self.handshaking.retain(|&c| c != id);
+        }
+    }
 }
 
 pub struct Server {
@@ -113,6 +151,7 @@ impl Server {
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
+            max_unauthenticated: config.max_unauthenticated.max(1),
             accept_codecs: config.accept_codecs,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
@@ -194,7 +233,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(mut stream) = stream else {
+        let Ok(stream) = stream else {
             // Out of file descriptors or a connection reset before accept: back off briefly.
             thread::sleep(Duration::from_millis(10));
             continue;
@@ -202,15 +241,14 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
         shared.counters.add(&shared.counters.connections, 1);
         let mut conns = shared.conns.lock();
         conns.threads.retain(|t| !t.is_finished());
-        if conns.live.len() >= shared.max_connections {
-            drop(conns);
-            let msg = p::error_payload(
-                ErrorCode::Closed,
-                "too many connections to the parameter server",
-            );
-            // Not counted in `bytes_out`: the connection is never served.
-            let _ = p::write_frame(&mut stream, Op::Error, &msg, &[]);
-            continue;
+        if conns.handshaking.len() >= shared.max_unauthenticated {
+            // The oldest stranger has had the longest to prove itself; its thread sees the close.
+            if let Some(oldest) = conns.handshaking.pop_front() {
+                if let Some(s) = conns.live.get(&oldest) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+                shared.counters.add(&shared.counters.timeouts, 1);
+            }
         }
         let id = conns.next_id;
         conns.next_id += 1;
@@ -218,18 +256,17 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             continue;
         };
         conns.live.insert(id, clone);
+        conns.handshaking.push_back(id);
         let worker_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name(format!("dk-ps-conn-{id}"))
             .spawn(move || {
-                Session::new(&worker_shared, stream).run();
-                worker_shared.conns.lock().live.remove(&id);
+                let authenticated = Session::new(&worker_shared, stream, id).run();
+                worker_shared.conns.lock().leave(id, authenticated);
             });
         match spawned {
             Ok(t) => conns.threads.push(t),
-            Err(_) => {
-                conns.live.remove(&id);
-            }
+            Err(_) => conns.leave(id, false),
         }
     }
 }
@@ -237,6 +274,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
 /// What a connection's thread knows about its worker.
 struct Session<'a> {
     shared: &'a Shared,
+    id: u64,
     conn: Conn<&'a Counters>,
     worker: Option<(u32, u32)>,
     /// The centre as last sent to this worker (the `Cs` of the adaptive rule; reused as reply buffer).
@@ -250,9 +288,10 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(shared: &'a Shared, stream: TcpStream) -> Self {
+    fn new(shared: &'a Shared, stream: TcpStream, id: u64) -> Self {
         Session {
             shared,
+            id,
             conn: Conn::new(stream, &shared.counters),
             worker: None,
             sent: Vec::new(),
@@ -264,7 +303,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn run(mut self) {
+    /// Serves the connection to its end; returns whether it was authenticated.
+    fn run(mut self) -> bool {
         let counters = &self.shared.counters;
         let outcome = self.handshake().and_then(|()| {
             let (worker, _) = self.worker.expect("set by handshake");
@@ -282,14 +322,18 @@ impl<'a> Session<'a> {
                     ) =>
                 {
                     counters.add(&counters.timeouts, 1);
-                    let silent = Error::Closed(
-                        "the worker was silent for longer than the idle timeout".into(),
-                    );
+                    let silent = Error::Closed(match self.worker {
+                        Some(_) => "the worker was silent for longer than the idle timeout".into(),
+                        None => format!(
+                            "the handshake did not complete within {:.1} s",
+                            self.shared.handshake_timeout.as_secs_f64()
+                        ),
+                    });
                     let _ = self.conn.send_error(&silent);
                     let _ = self.conn.stream.shutdown(Shutdown::Both);
-                    return;
+                    return self.worker.is_some();
                 }
-                Error::Io(_) => return, // the peer went away; nothing to tell it
+                Error::Io(_) => return self.worker.is_some(), // the peer went away: nothing to tell it
                 Error::Authentication(_) => counters.add(&counters.auth_failures, 1),
                 Error::Protocol(_) | Error::LayoutMismatch(_) => {
                     counters.add(&counters.protocol_errors, 1)
@@ -299,25 +343,33 @@ impl<'a> Session<'a> {
             let _ = self.conn.send_error(&err);
         }
         let _ = self.conn.stream.shutdown(Shutdown::Both);
+        self.worker.is_some()
     }
 
     fn handshake(&mut self) -> Result<()> {
         let shared = self.shared;
         let stream = &self.conn.stream;
+        let until = Instant::now() + shared.handshake_timeout;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(shared.handshake_timeout))?;
         stream.set_write_timeout(Some(shared.handshake_timeout))?;
         let server_nonce = p::nonce()?;
         self.conn.send(Op::Challenge, &server_nonce, &[])?;
 
-        let header = self.conn.read_header(p::SMALL_FRAME)?;
+        let mut reader = Deadline {
+            stream: &self.conn.stream,
+            until,
+        };
+        let header = p::read_header(&mut reader, p::SMALL_FRAME)?;
         if header.op != Op::Hello || header.len != p::HELLO_LEN {
             return Err(Error::protocol(format!(
                 "expected a hello frame, got {:?} of {} bytes",
                 header.op, header.len
             )));
         }
-        let payload = self.conn.read_small(header.len)?;
+        let payload = p::read_small(&mut reader, header.len)?;
+        self.conn
+            .traffic
+            .received(p::HEADER_LEN as u64 + header.len);
         let hello = p::Hello::decode(&payload)?;
         if !p::verify_hello(&shared.secret, &server_nonce, &hello) {
             return Err(Error::Authentication(
@@ -332,6 +384,11 @@ impl<'a> Session<'a> {
         }
         let (commit_codec, pull_codec) = p::decode_codecs(&hello.codecs)?;
         self.check_codecs(commit_codec, pull_codec)?;
+        shared
+            .conns
+            .lock()
+            .authenticate(self.id, shared.max_connections)?;
+        self.worker = Some((hello.worker_id, hello.attempt));
         self.admit(hello.worker_id, hello.attempt)?;
         self.commit_codec = commit_codec;
         self.pull_codec = pull_codec;
@@ -346,7 +403,6 @@ impl<'a> Session<'a> {
         // Authenticated: from here on a worker may think for as long as the idle timeout allows.
         self.conn.stream.set_read_timeout(shared.idle_timeout)?;
         self.conn.stream.set_write_timeout(shared.idle_timeout)?;
-        self.worker = Some((hello.worker_id, hello.attempt));
         Ok(())
     }
 
@@ -482,29 +538,27 @@ impl<'a> Session<'a> {
         self.conn.read_exact(&mut head)?;
         let head = p::decode_commit_head(&head)?;
         let dense = self.commit_codec == Codec::None || head.flags & p::DENSE != 0;
-        let valid = if dense && body_len == 4 * self.received.len() {
-            if p::read_finite(&mut self.conn.stream, &mut self.received)? {
-                Ok(())
-            } else {
-                Err(Error::rejected(
-                    "commit contains NaN or infinity; the centre is unchanged",
-                ))
-            }
+        let max_abs = if dense && body_len == 4 * self.received.len() {
+            p::read_finite(&mut self.conn.stream, &mut self.received)?.ok_or_else(|| {
+                Error::rejected("commit contains NaN or infinity; the centre is unchanged")
+            })
         } else {
-            self.encoded.resize(body_len, 0);
-            self.conn.read_exact(&mut self.encoded)?;
+            p::read_growing(&mut self.conn.stream, body_len, &mut self.encoded)?;
             let codec = if dense {
                 Codec::None
             } else {
                 self.commit_codec
             };
-            codec.decode(&self.encoded, &mut self.received)
+            codec
+                .decode(&self.encoded, &mut self.received)
+                .map(|()| rules::finite_max_abs(&self.received).expect("decode checks"))
         };
 
-        let outcome = valid
-            .and_then(|()| self.check_current(worker, attempt))
-            .and_then(|()| self.check_seq(worker, attempt, &head))
-            .and_then(|()| self.apply(worker, &head));
+        let outcome = max_abs.and_then(|max_abs| {
+            self.check_current(worker, attempt)?;
+            self.check_seq(worker, attempt, &head)?;
+            self.apply(worker, &head, max_abs)
+        });
         match outcome {
             Ok(applied) => {
                 shared
@@ -549,7 +603,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn apply(&mut self, worker: u32, head: &p::CommitHead) -> Result<Applied> {
+    fn apply(&mut self, worker: u32, head: &p::CommitHead, max_abs: f32) -> Result<Applied> {
         let centre = &self.shared.centre;
         let rule = centre.rule();
         if matches!(rule, Rule::Adaptive { .. }) && !self.pulled {
@@ -562,7 +616,7 @@ impl<'a> Session<'a> {
             let mut reply = std::mem::take(&mut self.sent);
             reply.resize(centre.len(), 0.0);
             let applied = centre.commit(
-                Finite::trusted(&self.received),
+                Finite::checked(&self.received, max_abs),
                 head.last_pull_clock,
                 None,
                 Some(&mut reply),
@@ -575,7 +629,7 @@ impl<'a> Session<'a> {
             applied
         } else {
             centre.commit(
-                Finite::trusted(&self.received),
+                Finite::checked(&self.received, max_abs),
                 head.last_pull_clock,
                 sent,
                 None,
@@ -588,6 +642,24 @@ impl<'a> Session<'a> {
         let snapshot = self.shared.counters.snapshot(self.shared.centre.clock());
         self.conn
             .send(Op::StatsReply, &p::encode_stats(&snapshot), &[])
+    }
+}
+
+/// Reads so that all reads through it together end by `until`: a per-read timeout would let a
+/// peer that sends a byte at a time take as long as it likes.
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 

@@ -67,7 +67,8 @@ counters! {
     connections,
     auth_failures,
     protocol_errors,
-    /// Connections dropped because their peer stayed silent too long.
+    /// Connections dropped because their peer was too slow: silent past the idle timeout, past the
+    /// handshake deadline, or still in its handshake when newer connections needed the room.
     timeouts,
 }
 

@@ -416,3 +416,91 @@ fn codec_checks_come_from_the_codec_table() {
     );
     assert!(connect_with(&elastic, &layout, 1, "bf16", "fp16").is_ok());
 }
+
+fn start_with(config: impl FnOnce(&mut ServerConfig)) -> (Server, Layout) {
+    let layout = Layout::flat(3).unwrap();
+    let centre = Arc::new(Centre::new(Rule::Add { scale: 1.0 }, &[0.0; 3]).unwrap());
+    let mut cfg = ServerConfig::new("127.0.0.1", 0, SECRET.to_vec());
+    config(&mut cfg);
+    (Server::start(centre, layout.clone(), cfg).unwrap(), layout)
+}
+
+#[test]
+fn the_whole_handshake_has_one_deadline() {
+    let (server, _) = start_with(|c| c.handshake_timeout = Duration::from_millis(800));
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    let mut challenge = [0u8; p::HEADER_LEN + p::NONCE_LEN];
+    raw.read_exact(&mut challenge).unwrap();
+    // A byte every 100 ms: each read is quick, yet the handshake as a whole is too slow.
+    let hello = p::encode_header(Op::Hello, p::HELLO_LEN);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    for byte in hello.iter().cycle() {
+        if raw.write_all(&[*byte]).is_err() || started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        sent += 1;
+        thread::sleep(Duration::from_millis(100));
+        if server.stats().timeouts > 0 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "closed after {took:?}");
+    assert!(
+        (5..=14).contains(&sent),
+        "{sent} bytes sent before the close"
+    );
+    assert_eq!(server.stats().timeouts, 1);
+}
+
+#[test]
+fn strangers_cannot_keep_a_worker_out() {
+    let (server, layout) = start_with(|c| c.max_unauthenticated = 8);
+    // Many more silent strangers than the handshake cap: the oldest are closed as new ones come.
+    let strangers: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut c = connect(&server, &layout, 0);
+    let mut out = [1.0; 3];
+    c.pull(&mut out).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(out, [0.0; 3]);
+    // The worker's arrival closed one more: only the 7 newest strangers are still waiting.
+    let open = strangers.iter().filter(|s| still_open(s)).count();
+    assert_eq!(open, 7);
+}
+
+/// Whether the server still holds `stream` open (it has read everything the server sent).
+fn still_open(mut stream: &TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn a_commit_that_would_overflow_is_refused_over_the_wire() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 3]);
+    let mut c = connect(&server, &layout, 0);
+    c.commit(&[3e38, 1.0, 1.0], None).unwrap();
+    let err = c.commit(&[3e38, 1.0, 1.0], None).unwrap_err();
+    assert!(matches!(err, Error::Rejected(_)), "{err}");
+    assert!(err.to_string().contains("infinite"), "{err}");
+    let mut out = [0.0; 3];
+    c.pull(&mut out).unwrap();
+    assert_eq!(out, [3e38, 1.0, 1.0]);
+}

@@ -209,9 +209,8 @@ impl PyCentre {
         Ok(PyArray1::from_vec(py, out))
     }
 
-    /// Applies one commit in this process; returns `(clock, staleness)`. `check_finite=False`
-    /// skips the NaN/infinity scan for values already known to be finite.
-    #[pyo3(signature = (delta, last_pull_clock = 0, sent = None, out = None, worker = 0, check_finite = true))]
+    /// Applies one commit in this process; returns `(clock, staleness)`.
+    #[pyo3(signature = (delta, last_pull_clock = 0, sent = None, out = None, worker = 0))]
     fn commit(
         &self,
         py: Python<'_>,
@@ -220,19 +219,13 @@ impl PyCentre {
         sent: Option<PyReadonlyArray1<'_, f32>>,
         mut out: Option<PyReadwriteArray1<'_, f32>>,
         worker: u32,
-        check_finite: bool,
     ) -> PyResult<(u64, u64)> {
         let delta = slice(&delta, "delta")?;
         let sent = sent.as_ref().map(|s| slice(s, "sent")).transpose()?;
         let out = out.as_mut().map(|o| slice_mut(o, "out")).transpose()?;
         let centre = &self.inner;
         let applied = released(py, || {
-            let delta = if check_finite {
-                Finite::check(delta)?
-            } else {
-                Finite::trusted(delta)
-            };
-            centre.commit(delta, last_pull_clock, sent, out, worker)
+            centre.commit(Finite::check(delta)?, last_pull_clock, sent, out, worker)
         })?;
         Ok((applied.clock, applied.staleness))
     }
@@ -256,7 +249,7 @@ pub struct PyServer {
 #[pymethods]
 impl PyServer {
     #[new]
-    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024, codecs = None, idle_timeout = None))]
+    #[pyo3(signature = (centre, layout, secret, host = "127.0.0.1", port = 0, handshake_timeout = 10.0, max_connections = 1024, codecs = None, idle_timeout = None, max_unauthenticated = 64))]
     fn new(
         py: Python<'_>,
         centre: &PyCentre,
@@ -268,10 +261,12 @@ impl PyServer {
         max_connections: usize,
         codecs: Option<Vec<String>>,
         idle_timeout: Option<f64>,
+        max_unauthenticated: usize,
     ) -> PyResult<Self> {
         let mut config = ServerConfig::new(host, port, secret.to_vec());
         config.handshake_timeout = seconds("handshake_timeout", handshake_timeout)?;
         config.max_connections = max_connections;
+        config.max_unauthenticated = max_unauthenticated;
         config.idle_timeout = idle_timeout
             .map(|t| seconds("idle_timeout", t))
             .transpose()?;
