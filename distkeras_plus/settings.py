@@ -78,6 +78,12 @@ def _pull_codec(name: Any) -> None:
         raise SettingError(f"pulls can use {', '.join(PULL_CODECS)}, not {name}")
 
 
+def _master(url: Any) -> None:
+    from distkeras_plus.spark.session import check_master_url
+
+    check_master_url(url)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The settings of one training run (see `distkeras_plus.train`)."""
@@ -178,7 +184,7 @@ class JobConfig(RunConfig):
     model: str | None = setting(
         None, "Model to train (default: a small MLP that fits the data).", metavar="FILE.keras"
     )
-    master: str | None = setting(None, "Spark master URL (default: local[WORKERS]).")
+    master: str | None = setting(None, "Spark master URL (default: local[WORKERS]).", check=_master)
     validation_split: float = setting(
         0.2,
         "Fraction of --data held out as the test set (0: none).",

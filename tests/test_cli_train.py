@@ -71,7 +71,7 @@ def one_line_error(result: Any) -> str:
         (["--opt", "window=many"], "window"),
         (["--opt", "window"], "not of the form key=value"),
         (["--model", "/nonexistent/m.keras"], "no model file at /nonexistent/m.keras"),
-        (["--output", "model.h5", "--dataset", "nope"], "unknown data set 'nope'"),
+        (["--dataset", "nope"], "unknown data set 'nope'"),
     ],
 )
 def test_train_errors_are_one_line_with_status_2(args: list[str], message: str) -> None:

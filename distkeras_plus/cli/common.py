@@ -71,6 +71,9 @@ class DkGroup(click.Group):
             return super().invoke(ctx)
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            # Without Click's usage lines: one line, as for every other mistake.
+            raise UserError(e.format_message()) from e
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:

@@ -139,7 +139,9 @@ def train_command(
     try:
         checkpoint = None
         if resume is not None:
-            job, checkpoint = resumed(resume, job.master, job.workers)
+            recorded, checkpoint = resumed(resume, job.master, job.workers)
+            _check_resume(click.get_current_context(), resume, job, recorded)
+            job = recorded
         report, history = run_training(job, progress if show or record else None, checkpoint)
     finally:
         if show is not None:
@@ -165,6 +167,23 @@ def train_command(
         f"({report['codec']}), {report['bytes_received'] / 1e6:.2f} MB committed, "
         f"{report['bytes_sent'] / 1e6:.2f} MB pulled; model saved to {report['model_path']}"
     )
+
+
+def _check_resume(ctx: click.Context, folder: str, given: JobConfig, recorded: JobConfig) -> None:
+    """--resume goes on with the recorded run: a setting given now that differs from it is refused,
+    not dropped (only --master may change: the cluster the run goes on on)."""
+    explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    for name, _, _ in declared(JobConfig):
+        source = ctx.get_parameter_source("opts" if name == "options" else name)
+        if name in ("master", "checkpoint_dir") or source not in explicit:
+            continue
+        now, then = getattr(given, name), getattr(recorded, name)
+        if now != then:
+            flag = "--opt" if name == "options" else f"--{name.replace('_', '-')}"
+            raise SettingError(
+                f"--resume goes on with the run recorded in {folder}, whose {flag} is {then!r}, "
+                f"not {now!r}; leave {flag} out, or start a new run"
+            )
 
 
 class ProgressLine:

@@ -72,12 +72,33 @@ def delete(spark: Any, uri: str) -> None:
     fs.delete(path, False)
 
 
-def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
-    """Saves a Keras model as a `.keras` file at a local path or a Hadoop URI; returns where."""
+def _check_suffix(path: str) -> None:
     if not path.endswith(".keras"):
         raise ModelError(
             f"models are saved in Keras' .keras format: give a path ending in .keras, not {path}"
         )
+
+
+def check_writable(path: str) -> None:
+    """Fails now, in one line, where a model could not be saved at `path` after training: a local
+    folder is made and a file tried in it (a URI is checked when it is written)."""
+    _check_suffix(path)
+    if is_uri(path):
+        return
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe"):
+            pass
+    except OSError as e:
+        raise StorageError(f"cannot save the model to {path}: {e.strerror or e}") from None
+
+
+def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
+    """Saves a Keras model as a `.keras` file at a local path or a Hadoop URI; returns where."""
+    _check_suffix(path)
     if not is_uri(path):
         target = Path(path)
         try:

@@ -24,6 +24,16 @@ class Columns:
     one_hot: bool  # label is an array<float> (one-hot) rather than a class index
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The training data as workers read it, and what one pass over it found."""
+
+    df: Any  # two columns: `features` (array<float>) and `label`
+    columns: Columns
+    rows: int
+    classes: int  # the one-hot width, or the largest class index + 1
+
+
 def default_loss(one_hot: bool) -> str:
     """Cross-entropy for the label's form: one-hot arrays or class indices."""
     return "categorical_crossentropy" if one_hot else "sparse_categorical_crossentropy"
@@ -78,8 +88,8 @@ def _features_from_csv(df: Any, features: str, label: str | None, path: str, opt
     return df.select(array, label) if label in df.columns else df.select(array)
 
 
-def features_array(df: Any, features: str) -> tuple[Any, int]:
-    """The features column as an `array<float>` expression, and the number of values per row."""
+def features_expr(df: Any, features: str) -> Any:
+    """The features column as an `array<float>` expression."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
@@ -90,22 +100,30 @@ def features_array(df: Any, features: str) -> tuple[Any, int]:
         raise DataError(f"no features column {features!r}; the data has columns: {', '.join(fields)}")
     ftype = fields[features]
     if isinstance(ftype, VectorUDT):
-        fcol = vector_to_array(F.col(features), "float32")
-    elif isinstance(ftype, T.ArrayType) and isinstance(ftype.elementType, T.NumericType):
-        fcol = F.col(features).cast("array<float>")
-    else:
-        raise DataError(
-            f"features column {features!r} must be an array of numbers or an ML vector, "
-            f"not {ftype.simpleString()}"
-        )
+        return vector_to_array(F.col(features), "float32")
+    if isinstance(ftype, T.ArrayType) and isinstance(ftype.elementType, T.NumericType):
+        return F.col(features).cast("array<float>")
+    raise DataError(
+        f"features column {features!r} must be an array of numbers or an ML vector, "
+        f"not {ftype.simpleString()}"
+    )
+
+
+def features_array(df: Any, features: str) -> tuple[Any, int]:
+    """The features column as an `array<float>` expression, and the number of values per row."""
+    from pyspark.sql import functions as F
+
+    fcol = features_expr(df, features)
     first = df.select(F.size(fcol).alias("n")).where(F.col("n") >= 0).first()
     if first is None:
         raise DataError("the data is empty")
     return fcol, int(first["n"])
 
 
-def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
-    """Selects and converts the two columns: vectors become arrays, numbers become float32 or int."""
+def prepare(df: Any, features: str, label: str) -> Prepared:
+    """Selects and converts the two columns (vectors become arrays, numbers float32 or int) and
+    checks them in one Spark aggregation, so that what would fail on the executors (a null,
+    fractional or negative label, ragged or non-finite features) is one line before training."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
@@ -114,10 +132,10 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
     fields = {f.name: f.dataType for f in df.schema.fields}
     if label not in fields:
         raise DataError(f"no label column {label!r}; the data has columns: {', '.join(fields)}")
-    fcol, num_features = features_array(df, features)
+    fcol = features_expr(df, features)
     ltype = fields[label]
     if isinstance(ltype, T.NumericType):
-        lcol, one_hot = F.col(label).cast("int"), False
+        lcol, one_hot = F.col(label), False
     elif isinstance(ltype, VectorUDT):
         lcol, one_hot = vector_to_array(F.col(label), "float32"), True
     elif isinstance(ltype, T.ArrayType) and isinstance(ltype.elementType, T.NumericType):
@@ -126,21 +144,108 @@ def prepare(df: Any, features: str, label: str) -> tuple[Any, Columns]:
         raise DataError(
             f"label column {label!r} must be a class index or a one-hot array, not {ltype.simpleString()}"
         )
-    prepared = df.select(fcol.alias("features"), lcol.alias("label")).na.drop()
-    return prepared, Columns("features", "label", num_features, one_hot)
+    floating = isinstance(ltype, T.FloatType | T.DoubleType | T.DecimalType)
+    found = df.select(fcol.alias("f"), lcol.alias("l")).agg(*_profile(one_hot, floating)).first()
+    columns = Columns("features", "label", int(found["f_max"] or 0), one_hot)
+    classes = _check(found, features, label, one_hot)
+    prepared = df.select(fcol.alias("features"), (lcol if one_hot else lcol.cast("int")).alias("label"))
+    return Prepared(prepared, columns, int(found["rows"]), classes)
 
 
-def num_classes(prepared: Any, columns: Columns) -> int:
-    """How many classes the prepared data's labels name: the one-hot width, or the largest index + 1."""
+def _profile(one_hot: bool, floating: bool) -> list[Any]:
+    """Aggregations over `f` (features) and `l` (label): counts of what is wrong, and the range."""
     from pyspark.sql import functions as F
 
-    if columns.one_hot:
-        row = prepared.select(F.max(F.size(columns.label)).alias("n")).first()
-    else:
-        row = prepared.select((F.max(columns.label) + 1).alias("n")).first()
-    if row is None or row["n"] is None:
+    def count(condition: Any) -> Any:
+        return F.sum(F.when(condition, 1).otherwise(0))
+
+    def not_finite(x: Any) -> Any:
+        return x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
+
+    f, lab = F.col("f"), F.col("l")
+    aggs = [
+        F.count(F.lit(1)).alias("rows"),
+        count(f.isNull()).alias("f_null"),
+        F.min(F.when(f.isNotNull(), F.size(f))).alias("f_min"),
+        F.max(F.when(f.isNotNull(), F.size(f))).alias("f_max"),
+        count(F.exists(f, not_finite)).alias("f_bad"),
+    ]
+    if one_hot:
+        return [
+            *aggs,
+            count(lab.isNull() | F.exists(lab, not_finite)).alias("l_bad"),
+            F.min(F.size(lab)).alias("l_min"),
+            F.max(F.size(lab)).alias("l_max"),
+        ]
+    finite = ~not_finite(lab) if floating else lab.isNotNull()
+    fractional = finite & (lab != F.floor(lab)) if floating else F.lit(False)
+    return [
+        *aggs,
+        count(~finite).alias("l_bad"),
+        F.min(F.when(finite, lab)).alias("l_min"),
+        F.max(F.when(finite, lab)).alias("l_max"),
+        F.first(F.when(fractional, lab), ignorenulls=True).alias("l_frac"),
+    ]
+
+
+def _check(found: Any, features: str, label: str, one_hot: bool) -> int:
+    """Raises the first problem `_profile` found, in one line; returns the number of classes."""
+    rows = found["rows"]
+    if rows == 0:
         raise DataError("the training data is empty")
-    return max(2, int(row["n"]))
+    of = f"of {rows:,} rows"
+    if found["f_null"]:
+        raise DataError(f"features column {features!r} is null in {found['f_null']:,} {of}; drop those rows")
+    if found["f_min"] != found["f_max"]:
+        raise DataError(
+            f"features column {features!r} has rows of {found['f_min']} and of {found['f_max']} values; "
+            "every row must have the same number"
+        )
+    if found["f_bad"]:
+        raise DataError(
+            f"features column {features!r} has NaN, infinite or null values in {found['f_bad']:,} {of}; "
+            "drop or fill those rows"
+        )
+    if found["l_bad"]:
+        what = "null, or holds NaN or infinity" if one_hot else "null, NaN or infinite"
+        raise DataError(
+            f"label column {label!r} is {what} in {found['l_bad']:,} {of}; drop or fill those rows"
+        )
+    if one_hot:
+        if found["l_min"] != found["l_max"]:
+            raise DataError(
+                f"label column {label!r} has one-hot rows of {found['l_min']} and of {found['l_max']} "
+                "values; every row must have one per class"
+            )
+        return int(found["l_max"])
+    if found["l_frac"] is not None:
+        raise DataError(
+            f"label column {label!r} holds {found['l_frac']:g}, but labels are class indices 0, 1, 2, ...: "
+            "round or map them to whole numbers"
+        )
+    if found["l_min"] < 0:
+        raise DataError(f"label column {label!r} holds {found['l_min']:g}, but class indices start at 0")
+    return int(found["l_max"]) + 1
+
+
+def check_outputs(model: Any, classes: int, label: str, one_hot: bool) -> None:
+    """The model's output units against the classes the labels name."""
+    units = int(np.prod(model.output_shape[1:]))
+    if one_hot and classes != units:
+        raise DataError(
+            f"label column {label!r} is one-hot over {classes} classes but the model has {units} "
+            f"output units; give its last layer {classes} units"
+        )
+    if not one_hot and units > 1 and classes > units:
+        raise DataError(
+            f"label column {label!r} holds class {classes - 1} but the model has {units} output units "
+            f"(classes 0 to {units - 1}); give its last layer {classes} units or fix the labels"
+        )
+    if not one_hot and units == 1 and classes > 2:
+        raise DataError(
+            f"label column {label!r} holds class {classes - 1} but the model has one output unit "
+            f"(classes 0 and 1); give its last layer {classes} units"
+        )
 
 
 def to_numpy(

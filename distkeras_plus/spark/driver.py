@@ -21,7 +21,7 @@ import numpy as np
 
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
 from distkeras_plus.data.storage import model_bytes, save_model_file
-from distkeras_plus.data.tables import Columns, default_loss, prepare, read
+from distkeras_plus.data.tables import Prepared, check_outputs, default_loss, prepare, read
 from distkeras_plus.errors import DataError, SettingError, TrainingError
 from distkeras_plus.plugins import registry
 from distkeras_plus.plugins.spec import OptimizerSpec, RuleChoice
@@ -31,6 +31,7 @@ from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.settings import RunConfig
 from distkeras_plus.spark import session
 from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
+from distkeras_plus.worker import compiling
 
 
 @dataclass
@@ -52,8 +53,8 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a run will do, decided on the driver before anything starts."""
+class Decisions:
+    """What a run's settings decide, with neither Spark nor the data."""
 
     config: RunConfig
     spec: OptimizerSpec
@@ -61,30 +62,26 @@ class Plan:
     rule: RuleChoice | None
     workers: int
     codec: str
+    worker_optimizer: Any
+
+
+@dataclass(frozen=True)
+class Plan(Decisions):
+    """What a run will do, decided on the driver before anything starts."""
+
     loss: Any
-    prepared: Any  # the DataFrame of features and labels
-    columns: Columns
+    data: Prepared
 
 
-def plan(df: Any, model: Any, config: RunConfig) -> Plan:
-    """Every check that needs no training: a mistake here is one line before Spark runs a task."""
+def decide(config: RunConfig) -> Decisions:
+    """Every check of the settings alone (the plugin and its options, codecs, the loss, metrics and
+    optimizer resolved with Keras): a mistake is one line before Spark starts."""
     spec = registry.get(config.plugin).spec
     options = spec.parse_options(config.options)
     codec = Codec(config.codec or spec.codec)
     workers = 1 if spec.single_partition else config.workers
-    prepared, columns = prepare(df, config.features, config.label)
-    expected = int(np.prod(model.input_shape[1:]))
-    if columns.num_features != expected:
-        raise DataError(
-            f"features have {columns.num_features} values per row but the model's input "
-            f"{tuple(model.input_shape[1:])} takes {expected}"
-        )
-    if spec.synchronous:
-        slots = session.task_slots(df.sparkSession)
-        if workers > slots:
-            raise TrainingError(
-                f"{spec.name} runs all {workers} workers at once, but the cluster has {slots} task slots"
-            )
+    worker_optimizer = config.worker_optimizer or spec.worker_optimizer_for(options)
+    compiling.check(config.loss or default_loss(False), config.metrics, worker_optimizer)
     rule = spec.rule_for(options, workers)
     if rule is not None and rule.name == "elastic" and not codec.elastic_capable:
         raise SettingError(
@@ -93,8 +90,30 @@ def plan(df: Any, model: Any, config: RunConfig) -> Plan:
         )
     if config.checkpoint_dir is not None and rule is None:
         raise SettingError(f"{spec.name} trains without a parameter server: there is nothing to checkpoint")
-    loss = default_loss(columns.one_hot) if config.loss is None else config.loss
-    return Plan(config, spec, options, rule, workers, codec.name, loss, prepared, columns)
+    return Decisions(config, spec, options, rule, workers, codec.name, worker_optimizer)
+
+
+def plan(df: Any, model: Any, config: RunConfig, prepared: Prepared | None = None) -> Plan:
+    """`decide`, then the checks against the cluster and the data: one Spark aggregation checks
+    the data (`prepared`, when given, is its result already) and the model's shapes against it."""
+    decided = decide(config)
+    if decided.spec.synchronous:
+        slots = session.task_slots(df.sparkSession)
+        if decided.workers > slots:
+            raise TrainingError(
+                f"{decided.spec.name} runs all {decided.workers} workers at once, "
+                f"but the cluster has {slots} task slots"
+            )
+    data = prepared or prepare(df, config.features, config.label)
+    expected = int(np.prod(model.input_shape[1:]))
+    if data.columns.num_features != expected:
+        raise DataError(
+            f"features have {data.columns.num_features} values per row but the model's input "
+            f"{tuple(model.input_shape[1:])} takes {expected}"
+        )
+    check_outputs(model, data.classes, config.label, data.columns.one_hot)
+    loss = default_loss(data.columns.one_hot) if config.loss is None else config.loss
+    return Plan(**vars(decided), loss=loss, data=data)
 
 
 def train(
@@ -105,15 +124,16 @@ def train(
     progress: Callable[[dict[str, Any]], None] | None = None,
     resume: Checkpoint | None = None,
     record: Mapping[str, Any] | None = None,
+    prepared: Prepared | None = None,
 ) -> TrainResult:
     """Trains `model` on `df` as `config` says; see `distkeras_plus.train`.
 
     `progress`, when given, is called about once a second from another thread with what the
     parameter server knows of the run so far (see `progress_of`). `record` is what checkpoints
-    keep of the run's configuration (default: `config`)."""
+    keep of the run's configuration (default: `config`). `prepared`: `df` already prepared."""
     if isinstance(df, str | Path):
         df = read(session.local_session(config.workers), df, config.features, config.label)
-    p = plan(df, model, config)
+    p = plan(df, model, config, prepared)
     spark = df.sparkSession
     flat = FlatWeights.from_arrays(model.get_weights())
     start_clock, epochs_before = 0, 0
@@ -139,7 +159,7 @@ def train(
             "shapes": flat.layout.shapes,
         }
         policy = Policy(config.checkpoint_every, config.checkpoint_seconds)
-        checkpointer = Checkpointer(folder, policy, meta, p.prepared.count(), epochs_before)
+        checkpointer = Checkpointer(folder, policy, meta, p.data.rows, epochs_before)
     server = None
     secret = new_secret()
     started = time.perf_counter()
@@ -160,13 +180,13 @@ def train(
             model=model_bytes(model),
             loss=p.loss,
             metrics=list(config.metrics),
-            worker_optimizer=config.worker_optimizer or p.spec.worker_optimizer_for(p.options),
+            worker_optimizer=p.worker_optimizer,
             batch_size=config.batch_size,
             epochs=config.epochs - epochs_before,
             start_clock=start_clock,
             seed=config.seed,
             num_workers=p.workers,
-            columns=p.columns,
+            columns=p.data.columns,
             ps_address=address,
             secret=secret,
             codec=p.codec,
@@ -221,7 +241,7 @@ def _run_stage(
 
     watching = _watch(server, started, progress, checkpointer) if progress or checkpointer else None
     try:
-        data = p.prepared.repartition(p.workers)
+        data = p.data.df.repartition(p.workers)
         results = data.mapInArrow(task, RESULT_SCHEMA, barrier=p.spec.synchronous)
         if p.spec.synchronous:
             # Spark retries a failed barrier stage only when it is not the last stage of its

@@ -17,7 +17,7 @@ from distkeras_plus.data.storage import model_from_bytes
 from distkeras_plus.data.tables import Columns, to_numpy
 from distkeras_plus.plugins import registry
 from distkeras_plus.ps.weights import FlatWeights
-from distkeras_plus.worker import Batches, WorkerContext
+from distkeras_plus.worker import Batches, WorkerContext, compiling
 
 RESULT_SCHEMA = "worker int, attempt int, samples long, steps long, history string, result binary"
 
@@ -72,7 +72,7 @@ def build_context(
     model = model_from_bytes(cfg.model)
     x = x.reshape((len(x), *model.input_shape[1:]))
     keras.utils.set_random_seed(cfg.seed + worker_id)
-    model.compile(optimizer=keras.optimizers.get(cfg.worker_optimizer), loss=cfg.loss, metrics=cfg.metrics)
+    compiling.compile_model(model, cfg.loss, cfg.metrics, cfg.worker_optimizer)
     client = None
     if cfg.ps_address is not None:
         client = connect(

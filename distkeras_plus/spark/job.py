@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from distkeras_plus.data.datasets import default_model, load
-from distkeras_plus.data.storage import is_uri, load_model_file, save_model_file
-from distkeras_plus.data.tables import num_classes, prepare, read
+from distkeras_plus.data.storage import check_writable, is_uri, load_model_file, save_model_file
+from distkeras_plus.data.tables import prepare, read
 from distkeras_plus.errors import CheckpointError, SettingError
-from distkeras_plus.plugins import registry
 from distkeras_plus.ps.checkpoint import Checkpoint, Folder
 from distkeras_plus.settings import JobConfig
 from distkeras_plus.spark import driver
@@ -65,19 +64,27 @@ def run_training(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    registry.get(job.plugin).spec.parse_options(job.options)  # a typo fails before Spark starts
+    check_writable(job.output_path)  # before the training, not after it
+    driver.decide(job.run_config())  # a mistake in the settings fails before Spark starts
     spark = local_session(job.workers, job.master)
     spark.sparkContext.setLogLevel("ERROR")
     train_df, test_df, data_name = split_data(spark, job)
+    prepared = None
     if resume is not None:
         model = load_model_file(Folder(job.checkpoint_dir or "", spark).path("model.keras"), spark)
     elif job.model is not None:
         model = load_model_file(job.model, spark)
     else:
-        prepared, columns = prepare(train_df, job.features, job.label)
-        model = default_model(columns.num_features, num_classes(prepared, columns), job.seed)
+        prepared = prepare(train_df, job.features, job.label)
+        model = default_model(prepared.columns.num_features, max(2, prepared.classes), job.seed)
     result = driver.train(
-        train_df, model, job.run_config(), progress=progress, resume=resume, record=job.to_dict()
+        train_df,
+        model,
+        job.run_config(),
+        progress=progress,
+        resume=resume,
+        record=job.to_dict(),
+        prepared=prepared,
     )
     scores = (
         evaluate(test_df, result.model, features_col=job.features, label_col=job.label, loss=job.loss)

@@ -4,15 +4,35 @@ Spark's own minute of retries; and what the driver needs to know of it."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from distkeras_plus.errors import TrainingError
+from distkeras_plus.errors import SettingError, TrainingError
 
 #: How often local Spark tries a task before the run fails (a cluster's default is 4 too).
 LOCAL_TASK_TRIES = 4
+
+
+_MASTERS = re.compile(
+    r"local(\[(\*|[1-9]\d*)(,\s*[1-9]\d*)?\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]"
+    r"|spark://[^\s/,:]+:\d+(,[^\s/,:]+:\d+)*|yarn|k8s://\S+"
+)
+
+
+def check_master_url(master: str) -> None:
+    """The URL's form, and what it needs of this machine: one line, before Spark starts."""
+    if not _MASTERS.fullmatch(master):
+        raise SettingError(
+            f"{master!r} is not a Spark master URL; use local[N], local[N,TRIES], spark://HOST:PORT, "
+            "yarn or k8s://HOST:PORT"
+        )
+    if master == "yarn" and not (os.environ.get("HADOOP_CONF_DIR") or os.environ.get("YARN_CONF_DIR")):
+        raise SettingError(
+            "--master yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR set to the cluster's configuration folder"
+        )
 
 
 def check_master(master: str) -> None:

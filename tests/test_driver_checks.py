@@ -1,0 +1,140 @@
+"""Mistakes caught on the driver before any training task starts: one line, exit 2, naming the
+column, the value and the fix, and nothing written to the output path."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import keras  # imported once here, so the timings below are the checks' own
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from distkeras_plus.cli import main
+from distkeras_plus.data.datasets import default_model
+
+
+def dk_train(*args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
+    """Runs `dk train` in this process; returns its one error line and how long it took."""
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["train", *args], env=env)
+    took = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0], took
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--codec", "gzip"], 'unknown codec "gzip"'),
+        (["--pull-codec", "int8"], "pulls can use none, fp16, bf16, not int8"),
+        (["--loss", "categorical_crossentropyy"], "did you mean 'categorical_crossentropy'?"),
+        (["--metrics", "accuracy,accuarcy"], "Keras has no metric 'accuarcy'; did you mean 'accuracy'?"),
+        (["--worker-optimizer", "adamm"], "did you mean 'adam'?"),
+        (["--master", "local[abc]"], "'local[abc]' is not a Spark master URL"),
+        (["--master", "yarn"], "--master yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR"),
+        (["--output", "/proc/nope/m.keras"], "cannot save the model to /proc/nope/m.keras"),
+        (["--output", "model.h5"], "give a path ending in .keras"),
+    ],
+    ids=["codec", "pull-codec", "loss", "metric", "optimizer", "master", "yarn", "output", "suffix"],
+)
+def test_settings_are_checked_before_spark_starts(args: list[str], message: str) -> None:
+    assert keras.__version__
+    line, took = dk_train(*args, env={"HADOOP_CONF_DIR": "", "YARN_CONF_DIR": ""})
+    assert message in line
+    assert took < 2.0, f"{took:.1f} s"
+
+
+def write(path: Path, features: list[Any], labels: list[Any], floating: bool = False) -> str:
+    table = pa.table(
+        {
+            "features": pa.array(features, pa.list_(pa.float32())),
+            "label": pa.array(labels, pa.float64() if floating else pa.int64()),
+        }
+    )
+    pq.write_table(table, path)
+    return str(path)
+
+
+def rows(n: int, classes: int) -> tuple[list[Any], list[Any]]:
+    rng = np.random.default_rng(0)
+    return [list(rng.random(4)) for _ in range(n)], [i % classes for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model4(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("model") / "four.keras"
+    default_model(4, 4).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model3(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("model") / "three.keras"
+    default_model(4, 3).save(path)
+    return str(path)
+
+
+def bad_data(kind: str, folder: Path) -> str:
+    x, y = rows(40, 4)
+    path = folder / f"{kind}.parquet"
+    if kind == "null-label":
+        return write(path, x, [None, *y[1:]])
+    if kind == "label-9":
+        return write(path, x, [9, *y[1:]])
+    if kind == "label-minus-1":
+        return write(path, x, [-1, *y[1:]])
+    if kind == "fractional":
+        return write(path, x, [0.5, *map(float, y[1:])], floating=True)
+    if kind == "nan-label":
+        return write(path, x, [float("nan"), *map(float, y[1:])], floating=True)
+    if kind == "null-features":
+        return write(path, [None, *x[1:]], y)
+    if kind == "nan-features":
+        return write(path, [[float("nan"), 0, 0, 0], *x[1:]], y)
+    if kind == "ragged":
+        return write(path, [[0.0, 1.0], *x[1:]], y)
+    return write(path, x, y)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("null-label", "label column 'label' is null, NaN or infinite in 1 of 40 rows; drop or fill"),
+        ("nan-label", "label column 'label' is null, NaN or infinite in 1 of 40 rows"),
+        ("label-9", "label column 'label' holds class 9 but the model has 4 output units (classes 0 to 3)"),
+        ("label-minus-1", "label column 'label' holds -1, but class indices start at 0"),
+        ("fractional", "label column 'label' holds 0.5, but labels are class indices"),
+        ("null-features", "features column 'features' is null in 1 of 40 rows"),
+        ("nan-features", "features column 'features' has NaN, infinite or null values in 1 of 40 rows"),
+        ("ragged", "features column 'features' has rows of 2 and of 4 values"),
+    ],
+)
+def test_bad_data_is_one_line_before_training(
+    spark: Any, model4: str, tmp_path: Path, kind: str, message: str
+) -> None:
+    output = tmp_path / "out" / "m.keras"
+    line, took = dk_train(
+        "--data",
+        bad_data(kind, tmp_path),
+        "--validation-split",
+        "0",
+        "--model",
+        model4,
+        "--output",
+        str(output),
+    )
+    assert message in line
+    assert not output.exists()
+    assert took < 15.0, f"{took:.1f} s"
+
+
+def test_a_model_too_small_for_the_classes(spark: Any, model3: str, tmp_path: Path) -> None:
+    line, _ = dk_train("--data", bad_data("good", tmp_path), "--validation-split", "0", "--model", model3)
+    assert "holds class 3 but the model has 3 output units (classes 0 to 2); give its last layer 4" in line
