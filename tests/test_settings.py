@@ -32,7 +32,7 @@ from distkeras_plus.settings import (
 )
 
 #: Values that a setting's own check (not its bounds) refuses.
-REFUSED_BY_CHECK = {"codec": "gzip", "pull_codec": "int8"}
+REFUSED_BY_CHECK = {"codec": "gzip", "pull_codec": "int8", "master": "local[abc]"}
 
 
 def bad_values(name: str, s: Setting, hint: Any) -> Iterator[Any]:

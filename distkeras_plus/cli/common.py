@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 
 from distkeras_plus.errors import DkError
+from distkeras_plus.quiet import VERBOSE_ENV, log_path
 
 DEBUG_KEY = "distkeras_plus.debug"
 
@@ -41,6 +43,22 @@ def debug_option() -> click.Option:
     )
 
 
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[VERBOSE_ENV] = "1"  # read by `quiet`, here and in the processes started after
+
+
+def verbose_option() -> click.Option:
+    return click.Option(
+        ["-v", "--verbose"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_verbose,
+        help=f"Show what the JVM, Spark and TensorFlow write on stderr (also {VERBOSE_ENV}=1).",
+    )
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -51,7 +69,7 @@ class DkCommand(click.Command):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.append(debug_option())
+        self.params += [debug_option(), verbose_option()]
 
 
 class DkGroup(click.Group):
@@ -64,13 +82,15 @@ class DkGroup(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.append(debug_option())
+        self.params += [debug_option(), verbose_option()]
 
     def invoke(self, ctx: click.Context) -> Any:
         if ctx.parent is not None:
             return super().invoke(ctx)
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            log_path().unlink(missing_ok=True)  # a run that went well has nothing to look back at
+            return result
         except click.UsageError as e:
             # Without Click's usage lines: one line, as for every other mistake.
             raise UserError(e.format_message()) from e
@@ -81,8 +101,10 @@ class DkGroup(click.Group):
                 raise
             if isinstance(e, DkError):
                 raise UserError(one_line(e)) from e
+            log = f"; the JVM's and TensorFlow's lines are in {log_path()}" if log_path().exists() else ""
             raise InternalError(
-                f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
+                f"internal error: {type(e).__name__}: {one_line(e)} "
+                f"(rerun with --debug for the traceback{log})"
             ) from e
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from distkeras_plus.errors import DataError, StorageError
+from distkeras_plus.quiet import import_keras
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def load(name: str, seed: int = 0) -> Dataset:
 
 def default_model(num_features: int, num_classes: int, seed: int = 0) -> Any:
     """A small multilayer perceptron that suits the built-in data sets."""
-    import keras
+    keras = import_keras()
 
     keras.utils.set_random_seed(seed)
     return keras.Sequential(

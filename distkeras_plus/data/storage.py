@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from distkeras_plus.errors import MissingFileError, ModelError, StorageError
+from distkeras_plus.quiet import import_keras
 
 
 def is_uri(path: str) -> bool:
@@ -120,7 +121,7 @@ def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
 
 def load_model_file(path: str, spark: Any | None = None) -> Any:
     """Loads a `.keras` model from a local path or a Hadoop URI, in Keras' safe mode (no code)."""
-    import keras
+    keras = import_keras()
 
     if not is_uri(path):
         if not Path(path).is_file():

@@ -228,8 +228,15 @@ def _check(found: Any, features: str, label: str, one_hot: bool) -> int:
     return int(found["l_max"]) + 1
 
 
-def check_outputs(model: Any, classes: int, label: str, one_hot: bool) -> None:
-    """The model's output units against the classes the labels name."""
+def check_model(model: Any, data: Prepared, label: str) -> None:
+    """The model's input and output shapes against what the data holds."""
+    expected = int(np.prod(model.input_shape[1:]))
+    if data.columns.num_features != expected:
+        raise DataError(
+            f"features have {data.columns.num_features} values per row but the model's input "
+            f"{tuple(model.input_shape[1:])} takes {expected}"
+        )
+    classes, one_hot = data.classes, data.columns.one_hot
     units = int(np.prod(model.output_shape[1:]))
     if one_hot and classes != units:
         raise DataError(

@@ -9,6 +9,7 @@ from pathlib import Path
 from distkeras_plus._core import MIN_SECRET_LEN, Centre, Layout, ParameterServer
 from distkeras_plus.errors import ModelError, SettingError
 from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.quiet import import_keras
 
 SECRET_BYTES = 32
 
@@ -63,7 +64,7 @@ def model_weights(path: Path) -> FlatWeights:
     """Loads a `.keras` file (in Keras' safe mode) and returns its weights, flattened."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
-    import keras  # imported here: loading TensorFlow takes seconds and only this path needs it
+    keras = import_keras()  # here: loading TensorFlow takes seconds and only this path needs it
 
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
     return FlatWeights.from_arrays(model.get_weights())

@@ -21,8 +21,8 @@ import numpy as np
 
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
 from distkeras_plus.data.storage import model_bytes, save_model_file
-from distkeras_plus.data.tables import Prepared, check_outputs, default_loss, prepare, read
-from distkeras_plus.errors import DataError, SettingError, TrainingError
+from distkeras_plus.data.tables import Prepared, check_model, default_loss, prepare, read
+from distkeras_plus.errors import SettingError, TrainingError
 from distkeras_plus.plugins import registry
 from distkeras_plus.plugins.spec import OptimizerSpec, RuleChoice
 from distkeras_plus.ps.checkpoint import Checkpoint, Checkpointer, Folder, Policy, check_resumable
@@ -105,13 +105,7 @@ def plan(df: Any, model: Any, config: RunConfig, prepared: Prepared | None = Non
                 f"but the cluster has {slots} task slots"
             )
     data = prepared or prepare(df, config.features, config.label)
-    expected = int(np.prod(model.input_shape[1:]))
-    if data.columns.num_features != expected:
-        raise DataError(
-            f"features have {data.columns.num_features} values per row but the model's input "
-            f"{tuple(model.input_shape[1:])} takes {expected}"
-        )
-    check_outputs(model, data.classes, config.label, data.columns.one_hot)
+    check_model(model, data, config.label)
     loss = default_loss(data.columns.one_hot) if config.loss is None else config.loss
     return Plan(**vars(decided), loss=loss, data=data)
 

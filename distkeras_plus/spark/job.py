@@ -10,7 +10,7 @@ from typing import Any
 
 from distkeras_plus.data.datasets import default_model, load
 from distkeras_plus.data.storage import check_writable, is_uri, load_model_file, save_model_file
-from distkeras_plus.data.tables import prepare, read
+from distkeras_plus.data.tables import check_model, prepare, read
 from distkeras_plus.errors import CheckpointError, SettingError
 from distkeras_plus.ps.checkpoint import Checkpoint, Folder
 from distkeras_plus.settings import JobConfig
@@ -77,6 +77,8 @@ def run_training(
     else:
         prepared = prepare(train_df, job.features, job.label)
         model = default_model(prepared.columns.num_features, max(2, prepared.classes), job.seed)
+    if test_df is not None:  # the test set is checked before the training too
+        check_model(model, prepare(test_df, job.features, job.label), job.label)
     result = driver.train(
         train_df,
         model,
@@ -87,7 +89,9 @@ def run_training(
         prepared=prepared,
     )
     scores = (
-        evaluate(test_df, result.model, features_col=job.features, label_col=job.label, loss=job.loss)
+        evaluate(
+            test_df, result.model, features_col=job.features, label_col=job.label, loss=job.loss, checked=True
+        )
         if test_df is not None
         else None
     )

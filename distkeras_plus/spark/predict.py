@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_plus.data.tables import default_loss, features_array
+from distkeras_plus.data.tables import check_model, default_loss, features_array, prepare
 from distkeras_plus.errors import DataError
 
 _X = "__dk_features"
@@ -174,14 +174,16 @@ def evaluate(
     label_col: str = "label",
     loss: str | None = None,
     batch_size: int = 256,
+    checked: bool = False,
 ) -> Evaluation:
     """Predicts `df` on Spark and aggregates the metrics there; `loss` defaults to sparse or plain
-    categorical cross-entropy, depending on the label."""
+    categorical cross-entropy, depending on the label. The data is checked first, as for training
+    (one Spark aggregation), unless it is `checked` already."""
     from pyspark.sql import functions as F
 
+    if not checked:
+        check_model(model, prepare(df, features_col, label_col), label_col)
     fields = {f.name: f.dataType for f in df.schema.fields}
-    if label_col not in fields:
-        raise DataError(f"no label column {label_col!r}; the data has columns: {', '.join(fields)}")
     one_hot = fields[label_col].typeName() in ("array", "vector")
     if loss is None:
         loss = default_loss(one_hot)

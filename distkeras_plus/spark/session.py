@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distkeras_plus.errors import SettingError, TrainingError
+from distkeras_plus.quiet import native_stderr
 
 #: How often local Spark tries a task before the run fails (a cluster's default is 4 too).
 LOCAL_TASK_TRIES = 4
@@ -79,7 +80,8 @@ def local_session(workers: int, master: str | None = None) -> Any:
         .config("spark.executorEnv.PYTHONSAFEPATH", "1")
         .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={quiet.as_uri()}")
     )
-    return builder.getOrCreate()
+    with native_stderr():  # the JVM keeps this descriptor 2: its lines go to the log
+        return builder.getOrCreate()
 
 
 def is_local(spark: Any) -> bool:

@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from distkeras_plus.errors import SettingError
+from distkeras_plus.quiet import import_keras
 
 # Names `Model.compile` maps to a metric by the loss, which `keras.metrics.get` does not know.
 _COMPILE_METRICS = ("accuracy", "acc", "crossentropy", "ce")
@@ -18,7 +19,7 @@ _NOT_NAMES = {"get", "serialize", "deserialize", "legacy", "schedules"}
 
 def check(loss: Any, metrics: Sequence[Any], optimizer: Any) -> None:
     """Raises a one-line `SettingError` for a loss, metric or optimizer that Keras cannot resolve."""
-    import keras
+    keras = import_keras()
 
     _resolve("loss", loss, keras.losses.get, keras.losses)
     for metric in metrics:
