@@ -429,7 +429,12 @@ async def _answer(send: Send, status: int, error: str, headers: Sequence[tuple[b
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"), *headers],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
