@@ -30,6 +30,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "--max-upload-mb=0.25",
         "--max-concurrent-jobs=2",
         "--kill-grace=2",
+        "--max-failed-logins=1000",  # the token tests below fail hundreds of logins on purpose
         env={"DK_EPOCHS": "99", "DK_DATA_DIR": "/nowhere"},
     )
     world = {
@@ -115,10 +116,11 @@ def test_health_and_page_need_no_token_and_show_nothing(
     assert "script-src 'self'" in page.headers["content-security-policy"]
 
 
-def test_no_api_docs_without_a_token(world: dict[str, Any]) -> None:
-    with world["daemon"].client() as c:
+def test_no_api_docs_with_or_without_a_token(world: dict[str, Any]) -> None:
+    with world["daemon"].client() as anyone, world["daemon"].client(world["alice"]) as alice:
         for path in ("/docs", "/redoc", "/openapi.json"):
-            r = c.get(path)
+            assert anyone.get(path).status_code == 401  # no route is shown to someone without a token
+            r = alice.get(path)
             assert r.status_code == 404 and r.json() == {"error": "Not Found"}
 
 

@@ -126,7 +126,10 @@ def test_one_daemon_per_state_folder(tmp_path: Path) -> None:
 def test_load_status_requests_and_queued_submissions(tmp_path: Path, model_file: Path) -> None:
     """Dozens of submissions and hundreds of concurrent status requests: all answered, no job lost."""
     submissions, status_requests, concurrency = 40, 600, 64
-    daemon = stub_daemon(tmp_path, "--max-concurrent-jobs=2")
+    # All clients are on 127.0.0.1: one address, so its connection limit is raised.
+    daemon = stub_daemon(
+        tmp_path, "--max-concurrent-jobs=2", f"--max-connections-per-client={4 * concurrency}"
+    )
     tokens = [daemon.add_user(f"user{i}") for i in range(4)]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     clients = [

@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI) and the ASGI guard in front of it.
 
-Every route but `/health` and the static page needs `Authorization: Bearer TOKEN`. A job that
+Every route but `/health` and the static page needs `Authorization: Bearer TOKEN`, checked by
+the guard before anything of the request's body is read. A job that
 belongs to someone else answers exactly like one that does not exist (404), so job ids reveal
 nothing. Errors are `{"error": "one line"}` with the status that fits.
 """
@@ -13,28 +14,32 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from distkeras_plus import __version__
 from distkeras_plus.errors import ModelError, SpecError
 from distkeras_plus.punchcard import page, runner, users
+from distkeras_plus.punchcard.limits import LoginLimiter, client_key
 from distkeras_plus.punchcard.modelcheck import ModelChecker, check_archive
 from distkeras_plus.punchcard.runner import Runner
 from distkeras_plus.punchcard.spec import parse
-from distkeras_plus.punchcard.store import FINAL, STATES, Job, Store
+from distkeras_plus.punchcard.store import FINAL, STATES, Job, QueueFull, Store
 
 log = logging.getLogger("distkeras_plus.punchcard")
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+PUBLIC = frozenset({"/health", "/", "/app.js"})  # every other path needs a token
+IDEMPOTENCY_KEY = r"^[!-~]{1,128}$"  # printable ASCII: a UUID, a hash, a name
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,7 +69,7 @@ def job_json(job: Job, jobs_dir: Path, position: int | None = None, progress: bo
     if job.started is not None:
         runtime = round((job.finished or datetime.now(UTC).timestamp()) - job.started, 3)
     links = {"self": f"/jobs/{job.id}", "logs": f"/jobs/{job.id}/logs"}
-    if job.state == "succeeded":
+    if job.state == "succeeded" and job.files_removed is None:
         links |= {"result": f"/jobs/{job.id}/result", "history": f"/jobs/{job.id}/history"}
     return {
         "id": job.id,
@@ -85,21 +90,16 @@ def job_json(job: Job, jobs_dir: Path, position: int | None = None, progress: bo
         "result": job.result,
         "reason": job.reason,
         "exit_code": job.exit_code,
+        "files_removed": _iso(job.files_removed),
         "links": links,
     }
 
 
 def current_user(request: Request) -> str:
-    """The user whose token came with the request, or 401."""
-    header = request.headers.get("authorization")
-    if not header:
+    """The user the guard authenticated (no guard in front: nobody is)."""
+    user = request.scope.get("state", {}).get("user")
+    if not isinstance(user, str):
         raise ApiError(401, "this needs a token: send Authorization: Bearer TOKEN")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "the Authorization header must read 'Bearer TOKEN'")
-    user = users.authenticate(request.app.state.store, token.strip())
-    if user is None:
-        raise ApiError(401, "the token is not valid (ask the operator for a new one)")
     return user
 
 
@@ -120,6 +120,10 @@ def create_app(
             raise ApiError(404, "no such job")
         return job
 
+    def removed(job: Job) -> None:
+        if job.files_removed is not None:
+            raise ApiError(410, f"the job's files were removed on {_iso(job.files_removed)} (--keep-days)")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         headers = dict(exc.headers or {})
@@ -130,7 +134,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
         return JSONResponse({"error": f"{where}: {err.get('msg')}" if where else str(err.get("msg"))}, 422)
 
     @app.exception_handler(Exception)
@@ -155,10 +159,22 @@ def create_app(
         user: User,
         spec: Annotated[str, Form(description="The job spec, JSON.")],
         model: Annotated[UploadFile, File(description="The model, a .keras file.")],
+        idempotency_key: Annotated[
+            str | None, Header(pattern=IDEMPOTENCY_KEY, description="Names the submission for retries.")
+        ] = None,
     ) -> JSONResponse:
+        def answer(job: Job, position: int | None) -> JSONResponse:
+            """201 with the job; 200 (set below) when it is the job an earlier try created."""
+            return JSONResponse(job_json(job, jobs.jobs_dir, position), 201, {"Location": f"/jobs/{job.id}"})
+
+        if idempotency_key is not None and (earlier := store.by_key(user, idempotency_key)) is not None:
+            response = answer(earlier, store.queue_positions().get(earlier.id))
+            response.status_code = 200
+            return response
         job_spec = _or_422(lambda: parse(spec, settings.data_roots))
+        # A cheap refusal before the upload is checked; the check that counts is add_job's.
         if store.count(user, "queued") >= settings.max_queued_per_user:
-            raise ApiError(429, f"you have {settings.max_queued_per_user} jobs queued; wait or cancel some")
+            raise ApiError(429, str(QueueFull(settings.max_queued_per_user)))
         job_id = uuid.uuid4().hex
         folder = jobs.job_dir(job_id)
         folder.mkdir(mode=0o700, parents=True)
@@ -172,16 +188,30 @@ def create_app(
             if checker is not None:
                 _or_422(lambda: checker.check(folder / runner.MODEL))
             data = job_spec.model_dump(mode="json")
-            (folder / runner.SPEC).write_text(json.dumps(data, indent=2))
-            job = store.add_job(job_id, user, job_spec.name, data)  # committed before it can run
+            (folder / runner.SPEC).write_text(json.dumps(data, indent=2, allow_nan=False))
+            # Everything that can fail happens before the commit: the answer is made inside the
+            # transaction, so a submission that fails leaves nothing stored.
+            response, created = store.add_job(
+                job_id,
+                user,
+                job_spec.name,
+                data,
+                answer,
+                key=idempotency_key,
+                max_queued=settings.max_queued_per_user,
+            )
+        except QueueFull as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(429, str(e)) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        jobs.wake()
-        position = store.queue_positions().get(job_id)
-        return JSONResponse(
-            job_json(job, jobs.jobs_dir, position), 201, headers={"Location": f"/jobs/{job_id}"}
-        )
+        if created:
+            jobs.wake()
+        else:  # the same key came in twice at once: the first one's job
+            shutil.rmtree(folder, ignore_errors=True)
+            response.status_code = 200
+        return response
 
     @app.get("/jobs")
     def list_jobs(
@@ -227,6 +257,7 @@ def create_app(
     def result(job_id: str, user: User) -> Response:
         job = owned(job_id, user)
         path = jobs.job_dir(job_id) / runner.OUTPUT
+        removed(job)
         if job.state != "succeeded" or not path.is_file():
             raise ApiError(409, f"the job is {job.state}: it has no trained model")
         return FileResponse(path, media_type="application/octet-stream", filename=f"{job_id}.keras")
@@ -235,6 +266,7 @@ def create_app(
     def history(job_id: str, user: User) -> Response:
         job = owned(job_id, user)
         path = jobs.job_dir(job_id) / runner.HISTORY
+        removed(job)
         if not path.is_file():
             raise ApiError(409, f"the job is {job.state}: it has no training history")
         return Response(path.read_bytes(), media_type="application/json")
@@ -271,10 +303,14 @@ def _read_log(path: Path, offset: int, limit: int, final: bool) -> dict[str, Any
 
 
 class Guard:
-    """Outermost ASGI layer: bounds request bodies and sets headers every response should carry.
+    """Outermost ASGI layer: checks the token, bounds request bodies and sets headers every
+    response should carry.
 
-    The size limit is enforced while the body streams in (Content-Length may be absent or lie),
-    before the multipart parser spools anything to disk."""
+    The token is checked on the request's headers alone, so a request without a valid one is
+    answered 401 before a byte of its body is read (and the connection closed: the body is never
+    taken in). Failed logins are counted per client address (`logins`). The size limit is
+    enforced while the body streams in (Content-Length may be absent or lie), before the
+    multipart parser spools anything to disk."""
 
     HEADERS: ClassVar[list[tuple[bytes, bytes]]] = [
         (b"x-content-type-options", b"nosniff"),
@@ -289,8 +325,11 @@ class Guard:
     ]
     DRAIN = 64 * 2**20  # read at most this much of a refused body, so the client sees the 413
 
-    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
-        self.app, self.max_body, self.max_upload = app, max_body, max_upload
+    def __init__(
+        self, app: ASGIApp, store: Store, max_body: int, max_upload: int, logins: LoginLimiter
+    ) -> None:
+        self.app, self.store, self.max_body, self.max_upload = app, store, max_body, max_upload
+        self.logins = logins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -302,7 +341,14 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *self.HEADERS]
             await send(message)
 
-        length = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        if scope["path"] not in PUBLIC:
+            refusal = await self._authenticate(scope, headers.get(b"authorization"))
+            if refusal is not None:
+                await _answer(send_with_headers, *refusal)
+                return
+
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await self._refuse(receive, send_with_headers, 0, int(length) if length.isdigit() else None)
             return
@@ -337,6 +383,32 @@ class Guard:
             if not refused:
                 raise
 
+    async def _authenticate(
+        self, scope: Scope, header: bytes | None
+    ) -> tuple[int, str, Sequence[tuple[bytes, bytes]]] | None:
+        """None with the user in `scope["state"]`, or the refusal: status, message, headers."""
+        unauthorized = [(b"www-authenticate", b"Bearer")]
+        if not header:  # no credentials is not a guess: not counted
+            return 401, "this needs a token: send Authorization: Bearer TOKEN", unauthorized
+        key = client_key((scope.get("client") or (None,))[0])
+        wait = self.logins.retry_after(key)
+        if wait is not None:
+            seconds = str(max(1, round(wait)))
+            message = f"too many failed logins from your address; try again in {seconds} s"
+            return 429, message, [(b"retry-after", seconds.encode())]
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        user = None
+        if scheme.lower() == "bearer" and token.strip():
+            # SQLite may wait on a writer: not on the event loop.
+            user = await run_in_threadpool(users.authenticate, self.store, token.strip())
+        if user is None:
+            self.logins.failed(key)
+            if scheme.lower() != "bearer" or not token.strip():
+                return 401, "the Authorization header must read 'Bearer TOKEN'", unauthorized
+            return 401, "the token is not valid (ask the operator for a new one)", unauthorized
+        scope.setdefault("state", {})["user"] = user
+        return None
+
     async def _refuse(
         self, receive: Receive, send: Send, received: int, declared: int | None, more: bool = True
     ) -> None:
@@ -347,12 +419,22 @@ class Guard:
                     break
                 received += len(message.get("body", b""))
                 more = message.get("more_body", False)
-        body = json.dumps({"error": too_large(self.max_upload)}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, too_large(self.max_upload))
+
+
+async def _answer(send: Send, status: int, error: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON error that closes the connection: the rest of the request is not read."""
+    body = json.dumps({"error": error}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

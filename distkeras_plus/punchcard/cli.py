@@ -130,6 +130,43 @@ def punchcard() -> None:
     show_default="this one",
     help="The Python that runs jobs (`PYTHON -m distkeras_plus train ...`), e.g. another installation's.",
 )
+@click.option(
+    "--max-job-seconds",
+    default=86400.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="A job running longer is stopped and marked failed (0: no limit).",
+)
+@click.option(
+    "--keep-days",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Remove the folders (model, logs, result) of jobs finished this long ago; checked at start "
+    "and hourly; the jobs stay listed (0: keep them all).",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a client has to send a request's headers; then the connection is closed.",
+)
+@click.option(
+    "--max-connections-per-client",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Open connections one client address may hold; more are answered 429.",
+)
+@click.option(
+    "--max-failed-logins",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Failed logins (bad tokens) one client address may have in a minute; then 429 until a minute "
+    "after the first.",
+)
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @OUTPUT_FORMAT
 def serve(
@@ -144,6 +181,11 @@ def serve(
     requeue_interrupted: bool,
     kill_grace: float,
     python: str,
+    max_job_seconds: float,
+    keep_days: float,
+    header_timeout: float,
+    max_connections_per_client: int,
+    max_failed_logins: int,
     access_log: bool,
     output_format: str,
 ) -> None:
@@ -151,6 +193,7 @@ def serve(
     import uvicorn
 
     from distkeras_plus.punchcard.app import Guard, Settings, create_app
+    from distkeras_plus.punchcard.limits import LoginLimiter, protocol
     from distkeras_plus.punchcard.modelcheck import ModelChecker
     from distkeras_plus.punchcard.runner import Runner
 
@@ -160,7 +203,16 @@ def serve(
     sock = _listen(host, port)
     jobs_dir = state_dir / "jobs"
     jobs_dir.mkdir(mode=0o700, exist_ok=True)
-    runner = Runner(store, jobs_dir, max_concurrent_jobs, spark_master, kill_grace, python)
+    runner = Runner(
+        store,
+        jobs_dir,
+        max_concurrent_jobs,
+        spark_master,
+        kill_grace,
+        python,
+        max_job_seconds or None,
+        keep_days or None,
+    )
     recovered = runner.recover(requeue_interrupted)
     _remove_strays(jobs_dir, store.ids())
     checker = ModelChecker(state_dir / "modelcheck.log")
@@ -168,7 +220,13 @@ def serve(
     max_upload = int(max_upload_mb * 2**20)
     settings = Settings(max_upload, tuple(p.resolve() for p in data_roots), max_queued_per_user)
     # The guard bounds whole requests: the model, the spec and the multipart framing.
-    app = Guard(create_app(store, runner, checker, settings), max_upload + 2**20, max_upload)
+    app = Guard(
+        create_app(store, runner, checker, settings),
+        store,
+        max_upload + 2**20,
+        max_upload,
+        LoginLimiter(max_failed_logins),
+    )
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
     if not _loopback(bound_host):
@@ -186,6 +244,7 @@ def serve(
     runner.start()
     config = uvicorn.Config(
         app,
+        http=protocol(header_timeout, max_connections_per_client),  # h11, with the limits above
         log_config=None,  # the logging set up above
         access_log=access_log,
         server_header=False,

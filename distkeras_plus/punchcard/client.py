@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from distkeras_plus.punchcard.store import FINAL
 
 
 class PunchcardClient:
+    # Seconds before each new try of a submission that did not get an answer (the daemon
+    # restarting, a proxy in between): the same Idempotency-Key makes a retry safe.
+    SUBMIT_RETRIES = (1.0, 3.0)
+    RETRY_STATUSES = frozenset({502, 503, 504})
+
     def __init__(self, server: str, token: str, timeout: float = 60.0) -> None:
         if not re.match(r"^https?://[^/\s]+", server):
             raise ClientError(f"--server must be an http:// or https:// URL, got {server!r}")
@@ -67,10 +73,25 @@ class PunchcardClient:
     def health(self) -> dict[str, Any]:
         return dict(self._request("GET", "/health").json())
 
-    def submit(self, spec: str, model: Path) -> dict[str, Any]:
-        with model.open("rb") as f:
-            files = {"model": ("model.keras", f, "application/octet-stream")}
-            return dict(self._request("POST", "/jobs", data={"spec": spec}, files=files).json())
+    def submit(self, spec: str, model: Path, key: str | None = None) -> dict[str, Any]:
+        """Submits a job; a try that gets no answer is made again with the same idempotency key,
+        so the daemon creates the job once even if it had stored it before the answer was lost."""
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+        for wait in (*self.SUBMIT_RETRIES, None):
+            try:
+                with model.open("rb") as f:
+                    files = {"model": ("model.keras", f, "application/octet-stream")}
+                    response = self._http.post("/jobs", data={"spec": spec}, files=files, headers=headers)
+            except httpx.TransportError as e:
+                if wait is None:
+                    raise ClientError(f"cannot reach the punchcard daemon at {self.server}: {e}") from None
+            else:
+                if response.status_code not in self.RETRY_STATUSES or wait is None:
+                    break
+            time.sleep(wait)
+        if not response.is_success:
+            self._raise(response)
+        return dict(response.json())
 
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
         params = {"state": state} if state else {}

@@ -23,6 +23,10 @@ from typing import IO, Any
 
 from distkeras_plus.errors import ModelError
 
+# Keras nests a config about 3 levels per nested model (a Sequential inside a Functional inside
+# a Sequential is 13 deep): 100 leaves room for any real model and keeps hostile ones cheap.
+MAX_CONFIG_DEPTH = 100
+
 
 def check_archive(path: Path, max_unpacked: int) -> None:
     if not zipfile.is_zipfile(path):
@@ -42,8 +46,27 @@ def check_archive(path: Path, max_unpacked: int) -> None:
             config = json.loads(z.read("config.json"))
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, EOFError) as e:
         raise ModelError(f"the model archive is damaged: {e}") from None
+    except RecursionError:  # Python's parser gives up near sys.getrecursionlimit() levels
+        raise ModelError(_too_deep()) from None
     if not isinstance(config, dict):
         raise ModelError("the model's config.json is not a Keras model config")
+    if _depth(config) > MAX_CONFIG_DEPTH:
+        raise ModelError(_too_deep())
+
+
+def _too_deep() -> str:
+    return f"the model's config.json is nested more than {MAX_CONFIG_DEPTH} levels deep"
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest, without recursion (Keras' loader would recurse)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, depth)
+            stack += [(x, depth + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return deepest
 
 
 class ModelChecker:

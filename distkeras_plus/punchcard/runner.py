@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class _Running:
     log: BinaryIO
     start: int
     stopping: threading.Event = field(default_factory=threading.Event)
+    overran: bool = False  # stopped for running longer than max_job_seconds
 
 
 class Runner:
@@ -54,9 +57,13 @@ class Runner:
         master: str | None = None,
         kill_grace: float = 10.0,
         python: str = sys.executable,
+        max_job_seconds: float | None = None,
+        keep_days: float | None = None,
     ) -> None:
         self.store, self.jobs_dir, self.max_concurrent = store, jobs_dir, max_concurrent
         self.master, self.kill_grace, self.python = master, kill_grace, python
+        self.max_job_seconds, self.keep_days = max_job_seconds, keep_days
+        self._next_sweep = 0.0  # time.monotonic() of the next removal of old job folders: now
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -117,10 +124,18 @@ class Runner:
 
     # The queue
 
+    SWEEP_INTERVAL = 3600.0  # seconds between removals of old job folders
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            if self.keep_days is not None and time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL
+                try:
+                    self.remove_old(self.keep_days)
+                except Exception:
+                    log.exception("removing old job folders failed; trying again in an hour")
             try:
                 while not self._stop.is_set() and self.running() < self.max_concurrent:
                     job = self.store.claim_next()
@@ -176,7 +191,13 @@ class Runner:
         pump = threading.Thread(target=_pump, args=(r, reports), name=f"job-{job_id[:8]}-out")
         pump.start()
         try:
-            code = r.proc.wait()
+            try:
+                code = r.proc.wait(self.max_job_seconds)
+            except subprocess.TimeoutExpired:
+                r.overran = True
+                log.info("job %s: ran longer than %g s; stopping it", job_id, self.max_job_seconds)
+                procs.stop_session(r.proc.pid, self.kill_grace, not_before=r.start)
+                code = r.proc.wait()
             # Whatever the child left behind in its session (a JVM slow to exit) goes with it;
             # those processes may hold the stdout pipe, so this comes before waiting for EOF.
             procs.stop_session(r.proc.pid, self.kill_grace, not_before=r.start)
@@ -186,15 +207,19 @@ class Runner:
                 self._running.pop(job_id, None)
         if r.stopping.is_set():
             return  # the daemon is shutting down: the next one recovers the job
-        self._finish(job_id, code, reports[-1] if reports else None)
+        self._finish(job_id, code, reports[-1] if reports else None, r.overran)
         self._wake.set()
 
-    def _finish(self, job_id: str, code: int, report: dict[str, Any] | None) -> None:
+    def _finish(self, job_id: str, code: int, report: dict[str, Any] | None, overran: bool) -> None:
         job = self.store.get(job_id)
         if job is None:
             return
         if job.cancel_requested:
             self.store.finish(job_id, "cancelled", "cancelled while running", code)
+        elif overran:
+            self.store.finish(
+                job_id, "failed", f"ran longer than --max-job-seconds {self.max_job_seconds:g}", code
+            )
         elif code == 0 and report is not None and (self.job_dir(job_id) / OUTPUT).is_file():
             report.pop("model_path", None)  # a path on the daemon's machine; clients use /result
             self.store.finish(job_id, "succeeded", None, code, report)
@@ -205,6 +230,24 @@ class Runner:
             last = _last_line(self.job_dir(job_id) / LOG)
             self.store.finish(job_id, "failed", f"training {how}" + (f": {last}" if last else ""), code)
         log.info("job %s: finished with status %d", job_id, code)
+
+    def remove_old(self, keep_days: float) -> list[str]:
+        """Removes the folders of jobs that finished more than `keep_days` ago; their rows stay,
+        marked `files_removed`. Returns their ids."""
+        removed = []
+        for job in self.store.expired(time.time() - keep_days * 86400):
+            try:
+                shutil.rmtree(self.job_dir(job.id))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("job %s: its folder could not be removed: %s", job.id, e)
+                continue
+            self.store.files_removed(job.id)
+            removed.append(job.id)
+        if removed:
+            log.info("removed the folders of %d jobs finished more than %g days ago", len(removed), keep_days)
+        return removed
 
     def cancel(self, job_id: str, by: str) -> str | None:
         """Cancels a job of any state; returns the state it was in (None: no such job).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,12 +83,32 @@ JobSpec = create_model(
 
 def parse(raw: str | bytes, data_roots: Sequence[Path] = ()) -> _Spec:
     """A spec from JSON text, checked against the schema, the installed optimizers and the data roots."""
+    _check_finite(raw)
     try:
         spec: _Spec = JobSpec.model_validate_json(raw)
     except ValidationError as e:
         raise SpecError(_first_error(e)) from None
     check(spec, data_roots)
     return spec
+
+
+def _check_finite(raw: str | bytes) -> None:
+    """JSON has no NaN or infinity, yet parsers read `NaN`, `Infinity` and `1e999` (as inf):
+    any of them, anywhere in the spec, is refused naming where it is. Text that does not parse
+    is left to the schema, which says what is wrong with it."""
+    try:
+        value = json.loads(raw, parse_constant=float)
+    except (ValueError, RecursionError):
+        return
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # not recursive: the nesting is not bounded yet
+        where, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SpecError(f"{where or 'the spec'}: must be a finite number, got {v}")
+        if isinstance(v, dict):
+            stack += [(f"{where}.{k}" if where else str(k), x) for k, x in reversed(v.items())]
+        elif isinstance(v, list):
+            stack += [(f"{where}.{i}" if where else str(i), x) for i, x in reversed(list(enumerate(v)))]
 
 
 def check(spec: _Spec, data_roots: Sequence[Path] = ()) -> None:

@@ -12,11 +12,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from distkeras_plus.errors import UserExistsError
 
@@ -52,6 +52,28 @@ CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 """
 
+# Schema changes since _SCHEMA, in order: a database at version N (`PRAGMA user_version`) gets
+# the ones after N. Old databases and new ones go through the same steps.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: a retried submission finds its job by its key; job folders removed after --keep-days.
+    (
+        "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+        "ALTER TABLE jobs ADD COLUMN files_removed REAL",
+        # NULLs are distinct in a UNIQUE index: jobs submitted without a key never clash.
+        "CREATE UNIQUE INDEX jobs_key ON jobs (owner, idempotency_key)",
+    ),
+)
+
+T = TypeVar("T")
+
+
+class QueueFull(Exception):
+    """The owner already has `limit` queued jobs."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"you have {limit} jobs queued; wait or cancel some")
+        self.limit = limit
+
 
 @dataclass(frozen=True)
 class Job:
@@ -74,6 +96,8 @@ class Job:
     result: dict[str, Any] | None
     cancel_requested: bool
     attempts: int
+    idempotency_key: str | None
+    files_removed: float | None  # when --keep-days removed the job's folder
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -108,6 +132,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
             self._db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut
             self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:  # IMMEDIATE: another process opening the file migrates once, not twice
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    db.execute(statement)
+            if version < len(_MIGRATIONS):
+                db.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
 
     def close(self) -> None:
         with self._lock:
@@ -161,13 +195,56 @@ class Store:
 
     # Jobs
 
-    def add_job(self, job_id: str, owner: str, name: str, spec: dict[str, Any]) -> Job:
+    def add_job(
+        self,
+        job_id: str,
+        owner: str,
+        name: str,
+        spec: dict[str, Any],
+        answer: Callable[[Job, int | None], T],
+        key: str | None = None,
+        max_queued: int | None = None,
+    ) -> tuple[T, bool]:
+        """Queues a job and returns `answer(job, queue position)`, made inside the transaction:
+        if it fails, nothing was stored. With a `key` the owner has used before, nothing is added
+        and the answer is about that earlier job (and False). QueueFull when the owner already
+        has `max_queued` queued jobs: checked in the same transaction as the insert."""
+        text = json.dumps(spec, allow_nan=False)  # NaN is not JSON: refused before anything is stored
         with self._tx() as db:
+            if key is not None:
+                row = db.execute(
+                    "SELECT id FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
+                ).fetchone()
+                if row is not None:
+                    return answer(self._must(db, row["id"]), self._position(db, row["id"])), False
+            if max_queued is not None:
+                queued = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'", (owner,)
+                ).fetchone()[0]
+                if queued >= max_queued:
+                    raise QueueFull(max_queued)
             db.execute(
-                "INSERT INTO jobs (id, owner, name, state, spec, created) VALUES (?, ?, ?, 'queued', ?, ?)",
-                (job_id, owner, name, json.dumps(spec), time.time()),
+                "INSERT INTO jobs (id, owner, name, state, spec, created, idempotency_key) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, owner, name, text, time.time(), key),
             )
-            return self._must(db, job_id)
+            return answer(self._must(db, job_id), self._position(db, job_id)), True
+
+    def by_key(self, owner: str, key: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
+            ).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    @staticmethod
+    def _position(db: sqlite3.Connection, job_id: str) -> int | None:
+        row = db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq <= "
+            "(SELECT seq FROM jobs WHERE id = ? AND state = 'queued')",
+            (job_id,),
+        ).fetchone()
+        return int(row[0]) or None
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job, or None when it does not exist or belongs to someone else (callers cannot tell)."""
@@ -286,6 +363,20 @@ class Store:
                 "boot_id = NULL WHERE id = ? AND state = 'running'",
                 (job_id,),
             )
+
+    def expired(self, before: float) -> list[Job]:
+        """Finished jobs that ended before `before` and still have their folder."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') "
+                "AND finished < ? AND files_removed IS NULL ORDER BY seq",
+                (before,),
+            ).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def files_removed(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET files_removed = ? WHERE id = ?", (time.time(), job_id))
 
     def ids(self) -> set[str]:
         with self._lock:
