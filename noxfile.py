@@ -76,3 +76,4 @@ def bench(session: nox.Session) -> None:
     session.run("dk", "bench", "ps", *session.posargs)
     session.run("dk", "bench", "train", *session.posargs)
     session.run("dk", "bench", "codecs", *session.posargs)
+    session.run("dk", "bench", "checks", *session.posargs)

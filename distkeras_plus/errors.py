@@ -8,6 +8,8 @@ Each class also derives from the built-in exception it refines, so `except Value
 
 from __future__ import annotations
 
+import re
+
 from distkeras_plus._core import (
     AuthenticationError,
     CommitRejectedError,
@@ -95,3 +97,22 @@ class TrainingError(DkError, RuntimeError):
 
     #: Where the run's parameter server listened (it is stopped when this is raised).
     ps_address: str | None = None
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+
+
+def exception_line(text: str) -> str:
+    """The Python error in `text` (a traceback, or Spark's report of one) in one line."""
+    lines = text.splitlines()
+    for line in lines:
+        match = _EXCEPTION_LINE.match(line)
+        if match is None or line.startswith(("org.", "java.", "scala.", "py4j.")):
+            continue
+        name, message = match.group(1).rsplit(".", 1)[-1], match.group(2).strip()
+        if not message or message.endswith(":"):
+            # TensorFlow puts the useful part ("Received a label value of ...") last.
+            detail = next((x.strip() for x in reversed(lines) if x.strip() and not x[0].isspace()), "")
+            message = f"{message} {detail}".strip()
+        return f"{name}: {message}"[:500]
+    return next((x.strip() for x in lines if x.strip()), text)

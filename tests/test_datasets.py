@@ -54,7 +54,12 @@ def test_fashion_mnist_from_a_local_folder(tmp_path: Path, monkeypatch: pytest.M
     for prefix in ("train", "t10k"):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images, struct.pack(">IIII", 2051, 6, 28, 28))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels, struct.pack(">II", 2049, 6))
+    listed = CliRunner().invoke(main, ["datasets", "list"], env={"DK_DATA_DIR": str(tmp_path / "nowhere")})
+    if not Path(datasets.FASHION_MNIST_DIRS[0]).is_dir():
+        assert "fashion-mnist" in listed.output and "not on this machine: set DK_DATA_DIR" in listed.output
     monkeypatch.setenv("DK_DATA_DIR", str(tmp_path))
+    listed = CliRunner().invoke(main, ["datasets", "list"])
+    assert f"(found in {tmp_path})" in listed.output
     data = datasets.fashion_mnist()
     assert data.x_train.shape == (6, 784) and data.num_classes == 10
     np.testing.assert_allclose(data.x_train[2], images[2].ravel() / 255, rtol=1e-6)

@@ -138,3 +138,17 @@ def test_bad_data_is_one_line_before_training(
 def test_a_model_too_small_for_the_classes(spark: Any, model3: str, tmp_path: Path) -> None:
     line, _ = dk_train("--data", bad_data("good", tmp_path), "--validation-split", "0", "--model", model3)
     assert "holds class 3 but the model has 3 output units (classes 0 to 2); give its last layer 4" in line
+
+
+def test_resume_refuses_a_setting_that_differs_from_the_recorded_run(tmp_path: Path) -> None:
+    from distkeras_plus.ps.checkpoint import Folder
+    from distkeras_plus.settings import JobConfig
+
+    folder = tmp_path / "ckpt"
+    recorded = JobConfig(plugin="adag", epochs=20).to_dict()
+    Folder(str(folder)).save(5, np.zeros(10, np.float32), {"config": recorded, "epochs_done": 1})
+    line, took = dk_train("--resume", str(folder), "--epochs", "10")
+    assert f"--resume goes on with the run recorded in {folder}, whose --epochs is 20, not 10" in line
+    line, _ = dk_train("--resume", str(folder), "--opt", "window=3")
+    assert "whose --opt is {'window': 12" in line and "not {'window': 3" in line
+    assert took < 2.0, f"{took:.1f} s"

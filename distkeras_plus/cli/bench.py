@@ -88,6 +88,20 @@ def bench_codecs(sizes: str, quick: bool, suite: Path | None, output_format: str
         click.echo(module.render(results))
 
 
+@bench.command("checks")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@SUITE
+@OUTPUT_FORMAT
+def bench_checks(repeats: int, suite: Path | None, output_format: str) -> None:
+    """The data check before training vs a one-epoch run on Fashion-MNIST-sized data."""
+    module = _benchmarks(suite, "checks")
+    results: dict[str, Any] = module.run(repeats)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(module.render(results))
+
+
 def _benchmarks(suite: Path | None, name: str) -> Any:
     """Imports `benchmarks.<name>` from a source checkout: benchmarks ship with the source, not the wheel."""
     candidates = (

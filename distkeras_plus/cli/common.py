@@ -101,10 +101,8 @@ class DkGroup(click.Group):
                 raise
             if isinstance(e, DkError):
                 raise UserError(one_line(e)) from e
-            log = f"; the JVM's and TensorFlow's lines are in {log_path()}" if log_path().exists() else ""
             raise InternalError(
-                f"internal error: {type(e).__name__}: {one_line(e)} "
-                f"(rerun with --debug for the traceback{log})"
+                f"internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the traceback)"
             ) from e
 
 

@@ -19,13 +19,21 @@ def datasets() -> None:
 @OUTPUT_FORMAT
 def datasets_list(output_format: str) -> None:
     """List the built-in data sets."""
-    from distkeras_plus.data.datasets import DATASETS
+    from distkeras_plus.data.datasets import DATASETS, FASHION_MNIST_DIRS, fashion_mnist_folder
 
+    folder = fashion_mnist_folder()
+    where = {
+        "fashion-mnist": f"found in {folder}"
+        if folder
+        else f"not on this machine: set DK_DATA_DIR or install Debian's dataset-fashion-mnist "
+        f"({FASHION_MNIST_DIRS[0]}); Keras downloads it where there is a network"
+    }
     if output_format == "json":
-        click.echo(json.dumps([{"name": n, "summary": s} for n, (s, _) in DATASETS.items()]))
+        listed = [{"name": n, "summary": s, "local": where.get(n)} for n, (s, _) in DATASETS.items()]
+        click.echo(json.dumps(listed))
         return
     for name, (summary, _) in DATASETS.items():
-        click.echo(f"{name:<14} {summary}")
+        click.echo(f"{name:<14} {summary}" + (f" ({where[name]})" if name in where else ""))
 
 
 @datasets.command("export")

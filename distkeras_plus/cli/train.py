@@ -3,6 +3,7 @@ from the command line, a `DK_<OPTION>` variable, a `--config` file or the neares
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -140,8 +141,7 @@ def train_command(
         checkpoint = None
         if resume is not None:
             recorded, checkpoint = resumed(resume, job.master, job.workers)
-            _check_resume(click.get_current_context(), resume, job, recorded)
-            job = recorded
+            job = _check_resume(click.get_current_context(), resume, job, recorded)
         report, history = run_training(job, progress if show or record else None, checkpoint)
     finally:
         if show is not None:
@@ -169,21 +169,31 @@ def train_command(
     )
 
 
-def _check_resume(ctx: click.Context, folder: str, given: JobConfig, recorded: JobConfig) -> None:
+def _check_resume(ctx: click.Context, folder: str, given: JobConfig, recorded: JobConfig) -> JobConfig:
     """--resume goes on with the recorded run: a setting given now that differs from it is refused,
-    not dropped (only --master may change: the cluster the run goes on on)."""
+    not dropped. Only where the run goes on (--master) and where its model goes (--output) may
+    change."""
     explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     for name, _, _ in declared(JobConfig):
         source = ctx.get_parameter_source("opts" if name == "options" else name)
-        if name in ("master", "checkpoint_dir") or source not in explicit:
+        if source not in explicit or name in ("master", "checkpoint_dir"):
+            continue
+        if name == "output":
+            recorded = dataclasses.replace(recorded, output=given.output)
             continue
         now, then = getattr(given, name), getattr(recorded, name)
+        if name == "options":  # as the optimizer reads them: "3" on the command line is 3
+            from distkeras_plus.plugins import registry
+
+            spec = registry.get(recorded.plugin).spec
+            now, then = spec.parse_options(now), spec.parse_options(then)
         if now != then:
             flag = "--opt" if name == "options" else f"--{name.replace('_', '-')}"
             raise SettingError(
                 f"--resume goes on with the run recorded in {folder}, whose {flag} is {then!r}, "
                 f"not {now!r}; leave {flag} out, or start a new run"
             )
+    return recorded
 
 
 class ProgressLine:

@@ -89,21 +89,27 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 
 
+def fashion_mnist_folder() -> Path | None:
+    """Where Fashion-MNIST's files are on this machine, if they are."""
+    folders = [os.environ.get("DK_DATA_DIR", ""), *FASHION_MNIST_DIRS]
+    return next(
+        (Path(f) for f in filter(None, folders) if (Path(f) / "train-images-idx3-ubyte.gz").is_file()), None
+    )
+
+
 def fashion_mnist() -> Dataset:
     """Fashion-MNIST from `DK_DATA_DIR`, Debian's `dataset-fashion-mnist` package, or Keras'
     download when a network is there: 60,000 + 10,000 28x28 images, 10 classes."""
-    folders = [os.environ.get("DK_DATA_DIR", ""), *FASHION_MNIST_DIRS]
-    for folder in filter(None, folders):
-        root = Path(folder)
-        if (root / "train-images-idx3-ubyte.gz").is_file():
-            return Dataset(
-                "fashion-mnist",
-                _idx(root / "train-images-idx3-ubyte.gz", 16).reshape(-1, 784),
-                _idx(root / "train-labels-idx1-ubyte.gz", 8).astype(np.int32),
-                _idx(root / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 784),
-                _idx(root / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int32),
-                10,
-            )
+    root = fashion_mnist_folder()
+    if root is not None:
+        return Dataset(
+            "fashion-mnist",
+            _idx(root / "train-images-idx3-ubyte.gz", 16).reshape(-1, 784),
+            _idx(root / "train-labels-idx1-ubyte.gz", 8).astype(np.int32),
+            _idx(root / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 784),
+            _idx(root / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int32),
+            10,
+        )
     try:
         import keras
 
@@ -150,7 +156,7 @@ def synthetic(samples: int = 10_000, features: int = 32, classes: int = 4, seed:
 DATASETS: dict[str, tuple[str, Any]] = {
     "digits": ("scikit-learn's 8x8 handwritten digits: 1,797 images, 10 classes", digits),
     "fashion-mnist": (
-        "Fashion-MNIST: 70,000 28x28 clothing images, 10 classes (found locally)",
+        "Fashion-MNIST: 70,000 28x28 clothing images, 10 classes",
         fashion_mnist,
     ),
     "synthetic": (

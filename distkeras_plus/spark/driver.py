@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ import numpy as np
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
 from distkeras_plus.data.storage import model_bytes, save_model_file
 from distkeras_plus.data.tables import Prepared, check_model, default_loss, prepare, read
-from distkeras_plus.errors import SettingError, TrainingError
+from distkeras_plus.errors import SettingError, TrainingError, exception_line
 from distkeras_plus.plugins import registry
 from distkeras_plus.plugins.spec import OptimizerSpec, RuleChoice
 from distkeras_plus.ps.checkpoint import Checkpoint, Checkpointer, Folder, Policy, check_resumable
@@ -220,6 +220,16 @@ def train(
     )
 
 
+class _Reported:
+    """An accumulator of the errors workers report: their one-line messages, in order."""
+
+    def zero(self, value: list[str]) -> list[str]:
+        return []
+
+    def addInPlace(self, first: list[str], second: list[str]) -> list[str]:
+        return [*first, *second]
+
+
 def _run_stage(
     p: Plan,
     cfg: WorkerConfig,
@@ -228,46 +238,43 @@ def _run_stage(
     progress: Callable[[dict[str, Any]], None] | None,
     checkpointer: Checkpointer | None,
 ) -> list[Any]:
-    """One task per worker, watched; a failure is the failing worker's own error, in one line."""
+    """One task per worker, watched; a failure is the failing worker's own error, in one line.
+    A worker's error that a retry would meet again reaches the driver with its task's end (an
+    accumulator), and the driver cancels the stage then, rather than when every worker is done."""
+    sc = p.data.df.sparkSession.sparkContext
+    reported = sc.accumulator([], _Reported())
+    group = f"distkeras-plus-{uuid.uuid4().hex}"
+
+    def report(worker: int, line: str) -> None:
+        reported.add([line])
 
     def task(batches: Iterator[Any]) -> Iterator[Any]:
-        return run_worker(cfg, batches)
+        return run_worker(cfg, batches, report)
 
-    watching = _watch(server, started, progress, checkpointer) if progress or checkpointer else None
+    def failed(line: str) -> TrainingError:
+        error = TrainingError(f"training with {p.spec.name} failed: {line}")
+        error.ps_address = cfg.ps_address
+        return error
+
+    watching = _watch(server, started, progress, checkpointer, lambda: bool(reported.value), group)
     try:
+        sc.setJobGroup(group, "distkeras-plus training", interruptOnCancel=True)
         data = p.data.df.repartition(p.workers)
         results = data.mapInArrow(task, RESULT_SCHEMA, barrier=p.spec.synchronous)
         if p.spec.synchronous:
             # Spark retries a failed barrier stage only when it is not the last stage of its
             # job (a ResultStage); a shuffle after it makes it one that can be retried.
             results = results.repartition(1)
-        return list(results.collect())
+        rows = list(results.collect())
     except Exception as e:
-        error = TrainingError(f"training with {p.spec.name} failed: {_worker_error(e)}")
-        error.ps_address = cfg.ps_address
-        raise error from e
+        raise failed(reported.value[0] if reported.value else exception_line(str(e))) from e
     finally:
-        if watching is not None:
-            watching.set()
-
-
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
-
-
-def _worker_error(err: Exception) -> str:
-    """The Python error a worker raised, in one line, out of Spark's report of it."""
-    lines = str(err).splitlines()
-    for line in lines:
-        match = _EXCEPTION_LINE.match(line)
-        if match is None or line.startswith(("org.", "java.", "scala.", "py4j.")):
-            continue
-        name, message = match.group(1).rsplit(".", 1)[-1], match.group(2).strip()
-        if not message or message.endswith(":"):
-            # TensorFlow puts the useful part ("Received a label value of ...") last.
-            detail = next((x.strip() for x in reversed(lines) if x.strip() and not x[0].isspace()), "")
-            message = f"{message} {detail}".strip()
-        return f"{name}: {message}"[:500]
-    return next((x.strip() for x in lines if x.strip()), repr(err))
+        watching.set()
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    errors = [r["error"] for r in rows if r["error"]]
+    if errors:
+        raise failed(errors[0])
+    return rows
 
 
 def progress_of(stats: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
@@ -291,12 +298,21 @@ def _watch(
     started: float,
     progress: Callable[[dict[str, Any]], None] | None,
     checkpointer: Checkpointer | None,
+    failed: Callable[[], bool],
+    group: str,
 ) -> threading.Event:
-    """Once a second until the returned event is set: reports progress, writes checkpoints."""
+    """Once a second until the returned event is set: reports progress, writes checkpoints, and
+    cancels the job group once a worker has `failed`."""
     done = threading.Event()
 
     def loop() -> None:
         while not done.wait(1.0):
+            if failed():
+                from pyspark import SparkContext
+
+                if (sc := SparkContext._active_spark_context) is not None:
+                    sc.cancelJobGroup(group)
+                return
             stats = server.stats() if server else None
             if progress is not None:
                 progress(progress_of(stats, time.perf_counter() - started))

@@ -15,11 +15,25 @@ import numpy.typing as npt
 from distkeras_plus._core import Client
 from distkeras_plus.data.storage import model_from_bytes
 from distkeras_plus.data.tables import Columns, to_numpy
+from distkeras_plus.errors import (
+    AuthenticationError,
+    CommitRejectedError,
+    ProtocolError,
+    ServerClosedError,
+    exception_line,
+)
 from distkeras_plus.plugins import registry
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.worker import Batches, WorkerContext, compiling
 
-RESULT_SCHEMA = "worker int, attempt int, samples long, steps long, history string, result binary"
+RESULT_SCHEMA = (
+    "worker int, attempt int, samples long, steps long, history string, result binary, error string"
+)
+
+# What a worker's task lets Spark try again: the machine or the network failed it, or the
+# parameter server refused this attempt. Any other error is the worker's own code, or Keras
+# refusing the data: it would fail again, so it ends the run at once instead.
+RETRIED = (OSError, MemoryError, ServerClosedError, CommitRejectedError, ProtocolError, AuthenticationError)
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,12 @@ def build_context(
     )
 
 
-def run_worker(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
-    """The `mapInArrow` function: one worker on its partition."""
+def run_worker(
+    cfg: WorkerConfig, batches: Iterator[Any], report: Callable[[int, str], None] | None = None
+) -> Iterator[Any]:
+    """The `mapInArrow` function: one worker on its partition. An error that a retry would meet
+    again is not raised (Spark would retry it) but returned in the result's `error`, and given to
+    `report` at once, so that the driver can stop the other workers."""
     set_process_env(cfg.threads)
     import pyarrow as pa
     from pyspark import BarrierTaskContext, TaskContext
@@ -118,21 +136,29 @@ def run_worker(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
         def all_gather(message: str) -> list[str]:
             return [str(m) for m in barrier.allGather(message)]
 
-    x, y = to_numpy(batches, cfg.columns.num_features, cfg.columns.one_hot)
-    ctx = build_context(cfg, x, y, worker_id, attempt=ps_attempt, all_gather=all_gather)
+    ctx, error = None, None
     try:
+        x, y = to_numpy(batches, cfg.columns.num_features, cfg.columns.one_hot)
+        ctx = build_context(cfg, x, y, worker_id, attempt=ps_attempt, all_gather=all_gather)
         registry.get(cfg.optimizer).spec.worker(ctx)
+    except RETRIED:
+        raise
+    except Exception as e:
+        error = f"worker {worker_id}: {exception_line(f'{type(e).__name__}: {e}')}"
+        if report is not None:
+            report(worker_id, error)
     finally:
-        if ctx.client is not None:
+        if ctx is not None and ctx.client is not None:
             ctx.client.close()
     yield pa.RecordBatch.from_pydict(
         {
             "worker": [worker_id],
             "attempt": [attempt],
-            "samples": [ctx.samples],
-            "steps": [ctx.steps],
-            "history": [json.dumps(ctx.history)],
-            "result": [ctx.result],
+            "samples": [ctx.samples if ctx else 0],
+            "steps": [ctx.steps if ctx else 0],
+            "history": [json.dumps(ctx.history if ctx else [])],
+            "result": [ctx.result if ctx else None],
+            "error": [error],
         },
         schema=pa.schema(
             [
@@ -142,6 +168,7 @@ def run_worker(cfg: WorkerConfig, batches: Iterator[Any]) -> Iterator[Any]:
                 ("steps", pa.int64()),
                 ("history", pa.string()),
                 ("result", pa.binary()),
+                ("error", pa.string()),
             ]
         ),
     )
