@@ -111,8 +111,7 @@ def fashion_mnist() -> Dataset:
             10,
         )
     try:
-        import keras
-
+        keras = import_keras()
         (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     except Exception as e:
         raise DataError(
