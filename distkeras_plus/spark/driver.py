@@ -81,7 +81,7 @@ def decide(config: RunConfig) -> Decisions:
     codec = Codec(config.codec or spec.codec)
     workers = 1 if spec.single_partition else config.workers
     worker_optimizer = config.worker_optimizer or spec.worker_optimizer_for(options)
-    compiling.check(config.loss or default_loss(False), config.metrics, worker_optimizer)
+    compiling.check(config.loss, config.metrics, worker_optimizer)
     rule = spec.rule_for(options, workers)
     if rule is not None and rule.name == "elastic" and not codec.elastic_capable:
         raise SettingError(
@@ -245,7 +245,7 @@ def _run_stage(
     reported = sc.accumulator([], _Reported())
     group = f"distkeras-plus-{uuid.uuid4().hex}"
 
-    def report(worker: int, line: str) -> None:
+    def report(line: str) -> None:
         reported.add([line])
 
     def task(batches: Iterator[Any]) -> Iterator[Any]:

@@ -114,7 +114,7 @@ def build_context(
 
 
 def run_worker(
-    cfg: WorkerConfig, batches: Iterator[Any], report: Callable[[int, str], None] | None = None
+    cfg: WorkerConfig, batches: Iterator[Any], report: Callable[[str], None] | None = None
 ) -> Iterator[Any]:
     """The `mapInArrow` function: one worker on its partition. An error that a retry would meet
     again is not raised (Spark would retry it) but returned in the result's `error`, and given to
@@ -146,7 +146,7 @@ def run_worker(
     except Exception as e:
         error = f"worker {worker_id}: {exception_line(f'{type(e).__name__}: {e}')}"
         if report is not None:
-            report(worker_id, error)
+            report(error)
     finally:
         if ctx is not None and ctx.client is not None:
             ctx.client.close()

@@ -18,10 +18,12 @@ _NOT_NAMES = {"get", "serialize", "deserialize", "legacy", "schedules"}
 
 
 def check(loss: Any, metrics: Sequence[Any], optimizer: Any) -> None:
-    """Raises a one-line `SettingError` for a loss, metric or optimizer that Keras cannot resolve."""
+    """Raises a one-line `SettingError` for a loss, metric or optimizer that Keras cannot resolve
+    (no loss: the default, chosen from the labels)."""
     keras = import_keras()
 
-    _resolve("loss", loss, keras.losses.get, keras.losses)
+    if loss is not None:
+        _resolve("loss", loss, keras.losses.get, keras.losses)
     for metric in metrics:
         if not (isinstance(metric, str) and metric.lower() in _COMPILE_METRICS):
             _resolve("metric", metric, keras.metrics.get, keras.metrics)
