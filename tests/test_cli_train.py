@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from distkeras_plus.cli import main
 from distkeras_plus.data.datasets import default_model
 
 DK = str(Path(sys.executable).parent / "dk")
+
+
+PROGRESS = re.compile(r"^\d+ s +[\d,]+ samples +[\d,]+ commits +loss (-|[\d.]+) +[\d,.]+ MB$")
 
 
 def closed_port() -> int:
@@ -225,3 +229,21 @@ def test_dk_train_json_as_a_subprocess_with_progress_on_a_terminal(tmp_path: Pat
     assert report["test_accuracy"] >= 0.95  # the target with the defaults
     assert report["commits"] > 0 and report["bytes_received"] > 0 and report["bytes_sent"] > 0
     assert "commits" in terminal.decode(errors="replace") and b"\r" in terminal
+    # Nothing but our progress line on the terminal: no JVM, Spark or TensorFlow lines.
+    shown = [t.strip() for t in terminal.decode(errors="replace").replace("\n", "\r").split("\r")]
+    foreign = [t for t in shown if t and not PROGRESS.match(t)]
+    assert not foreign, foreign[:5]
+
+
+@pytest.mark.slow
+def test_dk_train_with_stderr_a_pipe_prints_nothing_there(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [DK, "train", "--plugin", "adag", "--epochs", "1", "--output", str(tmp_path / "m.keras")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith("adag: test accuracy") and len(done.stdout.splitlines()) == 1
