@@ -267,7 +267,7 @@ impl Client {
             let read = self
                 .read_reply(Op::Centre, &mut head, Body::UpTo(&mut encoded))
                 .map_err(lost);
-            let decoded = read.and_then(|()| self.pull_codec.decode(&encoded, out));
+            let decoded = read.and_then(|()| self.pull_codec.decode(&encoded, out).map(drop));
             self.encoded = encoded;
             decoded?;
         }

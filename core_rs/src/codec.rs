@@ -17,7 +17,7 @@ use multiversion::multiversion;
 
 use crate::error::{Error, Result};
 use crate::protocol::codec_id;
-use crate::rules::all_finite;
+use crate::rules::finite_max_abs;
 
 /// Values per int8 block; each block carries one float32 scale.
 pub const INT8_BLOCK: usize = 256;
@@ -218,8 +218,9 @@ impl Codec {
         }
     }
 
-    /// Decodes `bytes` into all of `out`, or fails without a usable result.
-    pub fn decode(&self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    /// Decodes `bytes` into all of `out`, or fails without a usable result; returns the largest
+    /// `|value|`, which the check for NaN and infinity finds anyway.
+    pub fn decode(&self, bytes: &[u8], out: &mut [f32]) -> Result<f32> {
         let n = out.len();
         let exact = |len: usize| {
             if bytes.len() == len {
@@ -256,12 +257,8 @@ impl Codec {
             }
             Codec::TopK { ratio } => decode_topk(bytes, Self::topk_count(ratio, n), out)?,
         }
-        if !all_finite(out) {
-            return Err(Error::rejected(
-                "compressed payload decodes to NaN or infinity",
-            ));
-        }
-        Ok(())
+        finite_max_abs(out)
+            .ok_or_else(|| Error::rejected("compressed payload decodes to NaN or infinity"))
     }
 }
 

@@ -278,15 +278,11 @@ fn max_abs_bits(values: &[f32]) -> u32 {
         .fold(0u32, |acc, x| acc.max(x.to_bits() & 0x7fff_ffff))
 }
 
-/// The largest `|x|`, or `None` if any value is NaN or infinite.
+/// The largest `|x|`, or `None` if any value is NaN or infinite (which in a commit would poison
+/// the centre for all).
 pub fn finite_max_abs(values: &[f32]) -> Option<f32> {
     let bits = max_abs_bits(values);
     (bits < 0x7f80_0000).then(|| f32::from_bits(bits))
-}
-
-/// True when every value is finite; a NaN or infinity in a commit would poison the centre for all.
-pub fn all_finite(values: &[f32]) -> bool {
-    finite_max_abs(values).is_some()
 }
 
 #[cfg(test)]
@@ -363,13 +359,13 @@ mod tests {
     #[test]
     fn finite_check() {
         let mut v = vec![1.0f32; 5000];
-        assert!(all_finite(&v));
+        assert!(finite_max_abs(&v).is_some());
         v[4321] = f32::NAN;
-        assert!(!all_finite(&v));
+        assert!(finite_max_abs(&v).is_none());
         v[4321] = f32::NEG_INFINITY;
-        assert!(!all_finite(&v));
+        assert!(finite_max_abs(&v).is_none());
         v[4321] = f32::MAX;
-        assert!(all_finite(&v));
+        assert!(finite_max_abs(&v).is_some());
         v[17] = -f32::MAX;
         assert_eq!(finite_max_abs(&v), Some(f32::MAX));
         assert_eq!(finite_max_abs(&[-3.0, 2.0, 0.5]), Some(3.0));

@@ -16,7 +16,7 @@ use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::protocol::{self as p, Conn, Op, Traffic};
-use crate::rules::{self, Rule};
+use crate::rules::Rule;
 use crate::stats::{Counters, Snapshot};
 
 /// The shortest run secret a server accepts, in bytes.
@@ -549,9 +549,7 @@ impl<'a> Session<'a> {
             } else {
                 self.commit_codec
             };
-            codec
-                .decode(&self.encoded, &mut self.received)
-                .map(|()| rules::finite_max_abs(&self.received).expect("decode checks"))
+            codec.decode(&self.encoded, &mut self.received)
         };
 
         let outcome = max_abs.and_then(|max_abs| {

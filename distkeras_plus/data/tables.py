@@ -228,14 +228,19 @@ def _check(found: Any, features: str, label: str, one_hot: bool) -> int:
     return int(found["l_max"]) + 1
 
 
-def check_model(model: Any, data: Prepared, label: str) -> None:
-    """The model's input and output shapes against what the data holds."""
+def check_inputs(model: Any, num_features: int) -> None:
+    """The model's input shape against the number of feature values per row."""
     expected = int(np.prod(model.input_shape[1:]))
-    if data.columns.num_features != expected:
+    if num_features != expected:
         raise DataError(
-            f"features have {data.columns.num_features} values per row but the model's input "
+            f"features have {num_features} values per row but the model's input "
             f"{tuple(model.input_shape[1:])} takes {expected}"
         )
+
+
+def check_model(model: Any, data: Prepared, label: str) -> None:
+    """The model's input and output shapes against what the data holds."""
+    check_inputs(model, data.columns.num_features)
     classes, one_hot = data.classes, data.columns.one_hot
     units = int(np.prod(model.output_shape[1:]))
     if one_hot and classes != units:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_plus.data.tables import check_model, default_loss, features_array, prepare
+from distkeras_plus.data.tables import check_inputs, check_model, default_loss, features_array, prepare
 from distkeras_plus.errors import DataError
 
 _X = "__dk_features"
@@ -58,12 +58,7 @@ def predict(
         if col is not None and col in fields:
             raise DataError(f"the data already has a column {col!r}; choose another output column name")
     features, num_features = features_array(df, features_col)
-    expected = int(np.prod(model.input_shape[1:]))
-    if num_features != expected:
-        raise DataError(
-            f"features have {num_features} values per row but the model's input "
-            f"{tuple(model.input_shape[1:])} takes {expected}"
-        )
+    check_inputs(model, num_features)
     outputs = int(np.prod(model.output_shape[1:]))
     classify = outputs > 1
     cfg = PredictConfig(

@@ -594,7 +594,7 @@ impl PyCodec {
     ) -> PyResult<()> {
         let out = slice_mut(&mut out, "out")?;
         let codec = self.inner;
-        released(py, || codec.decode(data, out))
+        released(py, || codec.decode(data, out).map(drop))
     }
 
     fn __repr__(&self) -> String {
