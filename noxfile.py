@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
+
+# Installed with compiled bytecode, as pip does: every Spark Python worker imports TensorFlow and
+# Keras, which take more than twice as long to start from source.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "typecheck", "rust", "tests", "slow"]

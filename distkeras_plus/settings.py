@@ -198,6 +198,7 @@ class JobConfig(RunConfig):
         "Where to save the trained model, a local path or a URI (default: ./dk-model-PLUGIN.keras).",
         metavar="PATH.keras",
     )
+    overwrite: bool = setting(False, "Replace the file at --output if there is one (default: refuse).")
 
     @property
     def output_path(self) -> str:

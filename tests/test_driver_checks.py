@@ -3,6 +3,9 @@ column, the value and the fix, and nothing written to the output path."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,13 @@ from distkeras_plus.data.datasets import default_model
 
 def dk_train(*args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
     """Runs `dk train` in this process; returns its one error line and how long it took."""
+    return dk("train", *args, env=env)
+
+
+def dk(*args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
+    """Runs a failing `dk` command in this process; returns its one error line and how long it took."""
     started = time.perf_counter()
-    result = CliRunner().invoke(main, ["train", *args], env=env)
+    result = CliRunner().invoke(main, list(args), env=env)
     took = time.perf_counter() - started
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -48,6 +56,26 @@ def test_settings_are_checked_before_spark_starts(args: list[str], message: str)
     assert keras.__version__
     line, took = dk_train(*args, env={"HADOOP_CONF_DIR": "", "YARN_CONF_DIR": ""})
     assert message in line
+    assert took < 2.0, f"{took:.1f} s"
+
+
+def test_a_misspelt_name_is_found_at_once_by_a_fresh_process(tmp_path: Path) -> None:
+    """Importing Keras takes seconds: the first run resolves the names with Keras and keeps them
+    (one file per Keras version), so that a later `dk train` reports a typo without importing it."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    command = [str(Path(sys.executable).parent / "dk"), "train", "--loss", "mean_squared_errr"]
+    for _ in ("resolved with Keras", "from the cache"):
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        took = time.perf_counter() - started
+        assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+        assert (
+            done.stderr
+            == "Error: Keras has no loss 'mean_squared_errr'; did you mean 'mean_squared_error'?\n"
+        )
+        assert [p.name for p in (tmp_path / "distkeras-plus").iterdir()] == [
+            f"keras-{keras.__version__}-names.json"
+        ]
     assert took < 2.0, f"{took:.1f} s"
 
 
@@ -152,3 +180,47 @@ def test_resume_refuses_a_setting_that_differs_from_the_recorded_run(tmp_path: P
     line, _ = dk_train("--resume", str(folder), "--opt", "window=3")
     assert "whose --opt is {'window': 12" in line and "not {'window': 3" in line
     assert took < 2.0, f"{took:.1f} s"
+
+
+def test_an_earlier_model_is_not_replaced_without_overwrite(tmp_path: Path) -> None:
+    earlier = tmp_path / "m.keras"
+    earlier.write_bytes(b"an earlier run's model")
+    line, took = dk_train("--output", str(earlier))
+    assert f"{earlier} exists already; pass --overwrite to replace it, or choose another --output" in line
+    assert took < 2.0, f"{took:.1f} s"
+    # --overwrite passes the output's check: the next check is what fails.
+    line, _ = dk_train("--output", str(earlier), "--overwrite", "--worker-optimizer", "adamm")
+    assert "Keras has no worker optimizer 'adamm'" in line
+    assert earlier.read_bytes() == b"an earlier run's model"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("null-features", "features column 'features' is null in 1 of 40 rows"),
+        ("nan-features", "features column 'features' has NaN, infinite or null values in 1 of 40 rows"),
+        ("ragged", "features column 'features' has rows of 2 and of 4 values"),
+    ],
+)
+def test_predict_checks_the_features_first(
+    spark: Any, model4: str, tmp_path: Path, kind: str, message: str
+) -> None:
+    output = tmp_path / "predicted"
+    line, took = dk("predict", "--data", bad_data(kind, tmp_path), "--model", model4, "--output", str(output))
+    assert message in line
+    assert not output.exists()
+    assert took < 15.0, f"{took:.1f} s"
+
+
+def test_predict_keeps_earlier_predictions_without_overwrite(spark: Any, model4: str, tmp_path: Path) -> None:
+    data, output = bad_data("good", tmp_path), tmp_path / "predicted"
+    output.mkdir()
+    (output / "earlier.parquet").write_bytes(b"earlier")
+    line, _ = dk("predict", "--data", data, "--model", model4, "--output", str(output))
+    assert f"{output} exists already; pass --overwrite" in line
+    assert [p.name for p in output.iterdir()] == ["earlier.parquet"]
+    result = CliRunner().invoke(
+        main, ["predict", "--data", data, "--model", model4, "--output", str(output), "--overwrite"]
+    )
+    assert result.exit_code == 0, result.output
+    assert spark.read.parquet(str(output)).count() == 40

@@ -62,12 +62,24 @@ def _open(
 @click.option(
     "--probability-col", default="probability", show_default=True, help="Empty for no probabilities."
 )
+@click.option("--overwrite", is_flag=True, help="Replace what is at --output (default: refuse).")
 def predict_command(
-    output: str, prediction_col: str, probability_col: str, batch_size: int, output_format: str, **source: Any
+    output: str,
+    prediction_col: str,
+    probability_col: str,
+    overwrite: bool,
+    batch_size: int,
+    output_format: str,
+    **source: Any,
 ) -> None:
     """Predict every row of --data on Spark and write it, with the predictions, as Parquet."""
+    from pyspark.errors import AnalysisException
+
+    from distkeras_plus.data.storage import refuse_existing
+    from distkeras_plus.errors import StorageError
     from distkeras_plus.spark.predict import predict
 
+    refuse_existing(output, overwrite)
     spark, model, df = _open(**source, optional_label=True)
     predicted = predict(
         df,
@@ -77,7 +89,10 @@ def predict_command(
         probability_col=probability_col or None,
         batch_size=batch_size,
     )
-    predicted.write.mode("overwrite").parquet(output)
+    try:
+        predicted.write.mode("overwrite" if overwrite else "errorifexists").parquet(output)
+    except AnalysisException as e:  # a URI that exists already
+        raise StorageError(f"cannot write {output}: {str(e).splitlines()[0]}") from None
     rows = spark.read.parquet(output).count()
     if output_format == "json":
         click.echo(json.dumps({"output": output, "rows": rows, "prediction_col": prediction_col}))

@@ -55,6 +55,11 @@ def setting_options(f: F) -> F:
             )(f)
             continue
         default = cli_default(JobConfig, name)
+        if base_type(hint)[0] is bool:
+            f = click.option(f"--{name.replace('_', '-')}", name, is_flag=True, default=default, help=s.help)(
+                f
+            )
+            continue
         bounds = describe_bounds(s)
         f = click.option(
             f"--{name.replace('_', '-')}",
@@ -171,15 +176,15 @@ def train_command(
 
 def _check_resume(ctx: click.Context, folder: str, given: JobConfig, recorded: JobConfig) -> JobConfig:
     """--resume goes on with the recorded run: a setting given now that differs from it is refused,
-    not dropped. Only where the run goes on (--master) and where its model goes (--output) may
-    change."""
+    not dropped. Only where the run goes on (--master) and where its model goes (--output,
+    --overwrite) may change."""
     explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     for name, _, _ in declared(JobConfig):
         source = ctx.get_parameter_source("opts" if name == "options" else name)
         if source not in explicit or name in ("master", "checkpoint_dir"):
             continue
-        if name == "output":
-            recorded = dataclasses.replace(recorded, output=given.output)
+        if name in ("output", "overwrite"):
+            recorded = dataclasses.replace(recorded, **{name: getattr(given, name)})
             continue
         now, then = getattr(given, name), getattr(recorded, name)
         if name == "options":  # as the optimizer reads them: "3" on the command line is 3

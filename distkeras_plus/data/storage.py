@@ -80,13 +80,27 @@ def _check_suffix(path: str) -> None:
         )
 
 
-def check_writable(path: str) -> None:
-    """Fails now, in one line, where a model could not be saved at `path` after training: a local
-    folder is made and a file tried in it (a URI is checked when it is written)."""
+def refuse_existing(path: str, overwrite: bool) -> None:
+    """An earlier run's output at a local `path` is kept unless the user says `overwrite` (a URI
+    is refused when it is written)."""
+    if not overwrite and not is_uri(path) and Path(path).exists():
+        raise StorageError(
+            f"{path} exists already; pass --overwrite to replace it, or choose another --output"
+        )
+
+
+def check_writable(path: str, overwrite: bool = False) -> None:
+    """Fails now, in one line, where a model could not be saved at `path` after training, or would
+    replace a file there without `overwrite`: a local folder is made and a file tried in it (a URI
+    is checked when it is written)."""
     _check_suffix(path)
     if is_uri(path):
         return
     target = Path(path)
+    if target.is_file() and not overwrite:
+        raise StorageError(
+            f"{path} exists already; pass --overwrite to replace it, or choose another --output"
+        )
     try:
         if target.is_dir():
             raise IsADirectoryError(21, "it is a folder")

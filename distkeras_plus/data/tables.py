@@ -109,15 +109,15 @@ def features_expr(df: Any, features: str) -> Any:
     )
 
 
-def features_array(df: Any, features: str) -> tuple[Any, int]:
-    """The features column as an `array<float>` expression, and the number of values per row."""
-    from pyspark.sql import functions as F
-
+def check_features(df: Any, features: str) -> tuple[Any, int]:
+    """The features column as an `array<float>` expression and the number of values per row,
+    checked in one Spark aggregation (nulls, ragged rows, NaN or infinite values)."""
     fcol = features_expr(df, features)
-    first = df.select(F.size(fcol).alias("n")).where(F.col("n") >= 0).first()
-    if first is None:
+    found = df.select(fcol.alias("f")).agg(*_feature_profile()).first()
+    if found["rows"] == 0:
         raise DataError("the data is empty")
-    return fcol, int(first["n"])
+    _check_features(found, features)
+    return fcol, int(found["f_max"])
 
 
 def prepare(df: Any, features: str, label: str) -> Prepared:
@@ -152,36 +152,50 @@ def prepare(df: Any, features: str, label: str) -> Prepared:
     return Prepared(prepared, columns, int(found["rows"]), classes)
 
 
-def _profile(one_hot: bool, floating: bool) -> list[Any]:
-    """Aggregations over `f` (features) and `l` (label): counts of what is wrong, and the range."""
+def _count(condition: Any) -> Any:
     from pyspark.sql import functions as F
 
-    def count(condition: Any) -> Any:
-        return F.sum(F.when(condition, 1).otherwise(0))
+    return F.sum(F.when(condition, 1).otherwise(0))
 
-    def not_finite(x: Any) -> Any:
-        return x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
 
-    f, lab = F.col("f"), F.col("l")
-    aggs = [
+def _not_finite(x: Any) -> Any:
+    from pyspark.sql import functions as F
+
+    return x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
+
+
+def _feature_profile() -> list[Any]:
+    """Aggregations over `f` (features): the rows, counts of what is wrong, and the row lengths."""
+    from pyspark.sql import functions as F
+
+    f = F.col("f")
+    return [
         F.count(F.lit(1)).alias("rows"),
-        count(f.isNull()).alias("f_null"),
+        _count(f.isNull()).alias("f_null"),
         F.min(F.when(f.isNotNull(), F.size(f))).alias("f_min"),
         F.max(F.when(f.isNotNull(), F.size(f))).alias("f_max"),
-        count(F.exists(f, not_finite)).alias("f_bad"),
+        _count(F.exists(f, _not_finite)).alias("f_bad"),
     ]
+
+
+def _profile(one_hot: bool, floating: bool) -> list[Any]:
+    """`_feature_profile`, and over `l` (label): counts of what is wrong, and the range."""
+    from pyspark.sql import functions as F
+
+    lab = F.col("l")
+    aggs = _feature_profile()
     if one_hot:
         return [
             *aggs,
-            count(lab.isNull() | F.exists(lab, not_finite)).alias("l_bad"),
+            _count(lab.isNull() | F.exists(lab, _not_finite)).alias("l_bad"),
             F.min(F.size(lab)).alias("l_min"),
             F.max(F.size(lab)).alias("l_max"),
         ]
-    finite = ~not_finite(lab) if floating else lab.isNotNull()
+    finite = ~_not_finite(lab) if floating else lab.isNotNull()
     fractional = finite & (lab != F.floor(lab)) if floating else F.lit(False)
     return [
         *aggs,
-        count(~finite).alias("l_bad"),
+        _count(~finite).alias("l_bad"),
         F.min(F.when(finite, lab)).alias("l_min"),
         F.max(F.when(finite, lab)).alias("l_max"),
         F.first(F.when(fractional, lab), ignorenulls=True).alias("l_frac"),
@@ -190,22 +204,10 @@ def _profile(one_hot: bool, floating: bool) -> list[Any]:
 
 def _check(found: Any, features: str, label: str, one_hot: bool) -> int:
     """Raises the first problem `_profile` found, in one line; returns the number of classes."""
-    rows = found["rows"]
-    if rows == 0:
+    if found["rows"] == 0:
         raise DataError("the training data is empty")
-    of = f"of {rows:,} rows"
-    if found["f_null"]:
-        raise DataError(f"features column {features!r} is null in {found['f_null']:,} {of}; drop those rows")
-    if found["f_min"] != found["f_max"]:
-        raise DataError(
-            f"features column {features!r} has rows of {found['f_min']} and of {found['f_max']} values; "
-            "every row must have the same number"
-        )
-    if found["f_bad"]:
-        raise DataError(
-            f"features column {features!r} has NaN, infinite or null values in {found['f_bad']:,} {of}; "
-            "drop or fill those rows"
-        )
+    _check_features(found, features)
+    of = f"of {found['rows']:,} rows"
     if found["l_bad"]:
         what = "null, or holds NaN or infinity" if one_hot else "null, NaN or infinite"
         raise DataError(
@@ -226,6 +228,22 @@ def _check(found: Any, features: str, label: str, one_hot: bool) -> int:
     if found["l_min"] < 0:
         raise DataError(f"label column {label!r} holds {found['l_min']:g}, but class indices start at 0")
     return int(found["l_max"]) + 1
+
+
+def _check_features(found: Any, features: str) -> None:
+    of = f"of {found['rows']:,} rows"
+    if found["f_null"]:
+        raise DataError(f"features column {features!r} is null in {found['f_null']:,} {of}; drop those rows")
+    if found["f_min"] != found["f_max"]:
+        raise DataError(
+            f"features column {features!r} has rows of {found['f_min']} and of {found['f_max']} values; "
+            "every row must have the same number"
+        )
+    if found["f_bad"]:
+        raise DataError(
+            f"features column {features!r} has NaN, infinite or null values in {found['f_bad']:,} {of}; "
+            "drop or fill those rows"
+        )
 
 
 def check_inputs(model: Any, num_features: int) -> None:

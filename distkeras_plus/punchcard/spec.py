@@ -174,6 +174,7 @@ def train_args(spec: _Spec, job_dir: Path, model: Path, master: str | None, pyth
         f"--config={job_dir / SETTINGS}",
         f"--model={model}",
         f"--output={job_dir / 'output.keras'}",
+        "--overwrite",  # the job's own file: a job started again replaces what an earlier attempt left
         "--output-format=json",
         f"--progress-file={job_dir / 'progress.jsonl'}",
         f"--history-file={job_dir / 'history.json'}",

@@ -64,7 +64,7 @@ def run_training(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    check_writable(job.output_path)  # before the training, not after it
+    check_writable(job.output_path, job.overwrite)  # before the training, not after it
     driver.decide(job.run_config())  # a mistake in the settings fails before Spark starts
     spark = local_session(job.workers, job.master)
     spark.sparkContext.setLogLevel("ERROR")

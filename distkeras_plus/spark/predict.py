@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from distkeras_plus.data.tables import check_inputs, check_model, default_loss, features_array, prepare
+from distkeras_plus.data.tables import (
+    check_features,
+    check_inputs,
+    check_model,
+    default_loss,
+    features_expr,
+    prepare,
+)
 from distkeras_plus.errors import DataError
 
 _X = "__dk_features"
@@ -43,10 +50,12 @@ def predict(
     loss: str | None = None,
     loss_col: str = "loss",
     batch_size: int = 256,
+    checked: bool = False,
 ) -> Any:
     """`df` with the model's predictions added: `prediction_col` (the class index, or the value for a
     model with one output), `probability_col` (the model's outputs, for classifiers) and, when
-    `label_col` and `loss` are given, `loss_col` (each row's loss, Keras' own loss function)."""
+    `label_col` and `loss` are given, `loss_col` (each row's loss, Keras' own loss function).
+    The features are checked first (one Spark aggregation), unless they are `checked` already."""
     from pyspark.sql import types as T
 
     from distkeras_plus.data.storage import model_bytes
@@ -57,8 +66,11 @@ def predict(
     for col in (prediction_col, probability_col, loss_col if loss else None):
         if col is not None and col in fields:
             raise DataError(f"the data already has a column {col!r}; choose another output column name")
-    features, num_features = features_array(df, features_col)
-    check_inputs(model, num_features)
+    if checked:
+        features, num_features = features_expr(df, features_col), int(np.prod(model.input_shape[1:]))
+    else:
+        features, num_features = check_features(df, features_col)
+        check_inputs(model, num_features)
     outputs = int(np.prod(model.output_shape[1:]))
     classify = outputs > 1
     cfg = PredictConfig(
@@ -192,6 +204,7 @@ def evaluate(
         loss=loss,
         loss_col="__dk_loss",
         batch_size=batch_size,
+        checked=True,
     )
     truth = label_index(label_col, fields[label_col])
     counts = (
