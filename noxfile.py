@@ -80,6 +80,7 @@ def bench(session: nox.Session) -> None:
     """Every benchmark with its baseline; copy the figures into docs/benchmarks.md."""
     session.install(".", "./plugins")
     session.run("dk", "bench", "ps", *session.posargs)
+    session.run("dk", "bench", "steps", *session.posargs)
     session.run("dk", "bench", "train", *session.posargs)
     session.run("dk", "bench", "codecs", *session.posargs)
     session.run("dk", "bench", "checks", *session.posargs)

@@ -100,10 +100,11 @@ def distributed(spark: Any, data: Any, optimizer: str, batch_size: int, **option
 def fashion_mnist() -> Any | None:
     """Fashion-MNIST when it is present (`DK_DATA_DIR`, Debian's dataset-fashion-mnist)."""
     from distkeras_plus.data import datasets
+    from distkeras_plus.errors import DataError
 
     try:
         return datasets.fashion_mnist()
-    except FileNotFoundError:
+    except DataError:
         return None
 
 

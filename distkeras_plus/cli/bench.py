@@ -67,6 +67,20 @@ def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, 
         click.echo(module.render(results))
 
 
+@bench.command("steps")
+@click.option("--window", default=12, show_default=True, type=click.IntRange(min=1))
+@SUITE
+@OUTPUT_FORMAT
+def bench_steps(window: int, suite: Path | None, output_format: str) -> None:
+    """A worker's window loop vs Keras' own model.fit(steps_per_execution=window)."""
+    module = _benchmarks(suite, "steps")
+    results: dict[str, Any] = module.run(window)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(module.render(results))
+
+
 @bench.command("codecs")
 @click.option(
     "--sizes", default="1000000,10000000", show_default=True, help="Comma-separated parameter counts."

@@ -3,9 +3,10 @@ history. Loops (`distkeras_plus.worker.loops`, or a plugin's own) drive it."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,13 @@ import numpy.typing as npt
 from distkeras_plus._core import Client, Layout
 from distkeras_plus.errors import DataError, PluginError
 from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.worker.steps import Steps
 
 F32 = npt.NDArray[np.float32]
+
+#: The most mini-batches one call into the backend trains, and the most bytes of features it
+#: takes: enough for the call's own cost not to count, without copying a partition at once.
+CALL_STEPS, CALL_BYTES = 64, 32 << 20
 
 
 class Batches:
@@ -46,9 +52,9 @@ class Batches:
 
 @dataclass
 class WorkerContext:
-    """Everything a worker loop needs. Loops call `batches`, `train`, `pull`, `commit`,
-    `model_weights` and `set_model`; the context keeps the time spent computing and
-    communicating, and the history.
+    """Everything a worker loop needs. Loops call `batches`, `train_steps` (or `train`, for one
+    mini-batch), `pull`, `commit`, `model_weights` and `set_model`; the context keeps the time
+    spent computing and communicating, and the history.
 
     A retried task goes on where its earlier attempt stopped: `batches` leaves out the batches
     whose samples that attempt had committed (`resume_samples`, from the parameter server), so
@@ -72,7 +78,8 @@ class WorkerContext:
     samples: int = 0
     epoch: int = 0
     clock: int = 0
-    _window_losses: list[float] = field(default_factory=list)
+    _loss_sum: float = 0.0  # the loss times the samples, since the last history row
+    _loss_samples: int = 0
     _last_logs: dict[str, float] = field(default_factory=dict)
 
     _skip: int = 0
@@ -82,6 +89,7 @@ class WorkerContext:
         layout = Layout([list(w.shape) for w in self.model.get_weights()])
         self.centre = FlatWeights(layout)  # the centre as last received
         self.local = FlatWeights(layout)  # the model's own weights, flattened
+        self._steps = Steps(self.model)
 
     # ---- local training ----
 
@@ -97,13 +105,36 @@ class WorkerContext:
         return batches
 
     def train(self, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
-        t = time.perf_counter()
-        logs = self.model.train_on_batch(x, y, return_dict=True)
-        self.compute_seconds += time.perf_counter() - t
-        self.steps += 1
-        self.samples += len(x)
-        self._last_logs = {k: float(v) for k, v in logs.items()}
-        self._window_losses.append(self._last_logs.get("loss", float("nan")))
+        """One mini-batch (a window of them is faster as one `train_steps`)."""
+        self.train_steps([(x, y)])
+
+    def train_steps(self, batches: Iterable[tuple[npt.NDArray[Any], npt.NDArray[Any]]]) -> int:
+        """Trains on `batches` in order, as few calls into the backend as they fit in; returns
+        how many there were. The history's loss and metrics are Keras' means over the steps."""
+        it, done = iter(batches), 0
+        while chunk := self._chunk(it):
+            t = time.perf_counter()
+            logs = self._steps(chunk)
+            self.compute_seconds += time.perf_counter() - t
+            samples = sum(len(x) for x, _ in chunk)
+            self.steps += len(chunk)
+            self.samples += samples
+            done += len(chunk)
+            self._last_logs = logs
+            self._loss_sum += logs.get("loss", math.nan) * samples
+            self._loss_samples += samples
+        return done
+
+    @staticmethod
+    def _chunk(batches: Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]) -> list[Any]:
+        first = next(batches, None)
+        if first is None:
+            return []
+        room = max(1, min(CALL_STEPS, CALL_BYTES // max(1, first[0].nbytes)))
+        return [first, *itertools.islice(batches, room - 1)]
+
+    def _mean_loss(self) -> float:
+        return self._loss_sum / self._loss_samples if self._loss_samples else math.nan
 
     def model_weights(self) -> F32:
         """The model's current weights as one flat vector (a buffer reused between calls)."""
@@ -140,8 +171,7 @@ class WorkerContext:
     def commit(self, values: F32, out: F32 | None = None) -> tuple[int, int]:
         t = time.perf_counter()
         client = self._client()
-        losses = self._window_losses
-        client.set_progress(self.samples, float(np.mean(losses)) if losses else float("nan"))
+        client.set_progress(self.samples, self._mean_loss())
         clock, staleness = client.commit(np.ascontiguousarray(values, dtype=np.float32), out=out)
         self.comm_seconds += time.perf_counter() - t
         self.clock = clock
@@ -164,14 +194,14 @@ class WorkerContext:
 
     def record(self, **extra: Any) -> None:
         """Adds a history row for the steps since the last one."""
-        losses = self._window_losses
+        loss = self._mean_loss()
         row = {
             "time": time.time(),
             "worker": self.worker_id,
             "epoch": self.epoch,
             "steps": self.steps,
             "samples": self.samples,
-            "loss": float(np.mean(losses)) if losses else None,
+            "loss": None if math.isnan(loss) else loss,
             **{k: v for k, v in self._last_logs.items() if k != "loss"},
             "clock": self.clock,
             "compute_seconds": self.compute_seconds,
@@ -179,4 +209,4 @@ class WorkerContext:
             **extra,
         }
         self.history.append(row)
-        self._window_losses = []
+        self._loss_sum, self._loss_samples = 0.0, 0

@@ -14,12 +14,13 @@ from distkeras_plus.worker.context import WorkerContext
 
 def train_in_windows(ctx: WorkerContext, window: int, exchange: Callable[[int], None]) -> None:
     """Trains every batch of every epoch, calling `exchange(steps)` after each `window` local
-    steps and once more for a last, partial window."""
+    steps and once more for a last, partial window. A window is one call into the backend (two
+    where it spans the end of an epoch, whose last batch is smaller)."""
     steps = 0
     for epoch in range(ctx.epochs):
-        for x, y in ctx.batches(epoch):
-            ctx.train(x, y)
-            steps += 1
+        batches = ctx.batches(epoch)
+        while trained := ctx.train_steps(itertools.islice(batches, window - steps)):
+            steps += trained
             if steps == window:
                 exchange(steps)
                 steps = 0
@@ -80,8 +81,7 @@ def sync_loop(ctx: WorkerContext, window: int, alpha: float | None) -> None:
         for r in range(rounds_per_epoch):
             if epoch * rounds_per_epoch + r < done:
                 continue
-            for x, y in itertools.islice(batches, window):
-                ctx.train(x, y)
+            ctx.train_steps(itertools.islice(batches, window))
             weights = ctx.model_weights()
             if alpha is None:
                 ctx.commit(weights - centre, out=centre)
@@ -98,8 +98,7 @@ def local_loop(ctx: WorkerContext) -> None:
         ctx.pull()
     start = ctx.model_weights().copy()
     for epoch in range(ctx.epochs):
-        for x, y in ctx.batches(epoch):
-            ctx.train(x, y)
+        ctx.train_steps(ctx.batches(epoch))
         ctx.record()
     if ctx.client is not None:
         ctx.commit(ctx.model_weights() - start)
