@@ -1,8 +1,8 @@
 """What reaches stderr: our own lines only, unless the user asks for the rest (`dk -v`,
 `DK_VERBOSE=1`). TensorFlow's C++ logging and the JVM write to file descriptor 2 itself, beneath
-Python's `sys.stderr`, so they are quieted there: TensorFlow's start-up and the JVM's launch run
-with descriptor 2 pointing at a log file (`log_path()`), which the JVM keeps for its life, and so
-do the Python workers of a local Spark."""
+Python's `sys.stderr`, so they are quieted there: TensorFlow's start-up runs with descriptor 2
+pointing at a log file (`log_path()`), and the JVM is started with that file as its stderr, which
+it keeps for its life, as do the Python workers of a local Spark."""
 
 from __future__ import annotations
 

@@ -73,15 +73,16 @@ class Plan(Decisions):
     data: Prepared
 
 
-def decide(config: RunConfig) -> Decisions:
+def decide(config: RunConfig, with_keras: bool = True) -> Decisions:
     """Every check of the settings alone (the plugin and its options, codecs, the loss, metrics and
-    optimizer resolved with Keras): a mistake is one line before Spark starts."""
+    optimizer resolved with Keras): a mistake is one line before Spark starts. Without
+    `with_keras`, the names are checked only against those Keras is known to have (at once)."""
     spec = registry.get(config.plugin).spec
     options = spec.parse_options(config.options)
     codec = Codec(config.codec or spec.codec)
     workers = 1 if spec.single_partition else config.workers
     worker_optimizer = config.worker_optimizer or spec.worker_optimizer_for(options)
-    compiling.check(config.loss, config.metrics, worker_optimizer)
+    compiling.check(config.loss, config.metrics, worker_optimizer, with_keras)
     rule = spec.rule_for(options, workers)
     if rule is not None and rule.name == "elastic" and not codec.elastic_capable:
         raise SettingError(

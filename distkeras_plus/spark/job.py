@@ -16,7 +16,7 @@ from distkeras_plus.ps.checkpoint import Checkpoint, Folder
 from distkeras_plus.settings import JobConfig
 from distkeras_plus.spark import driver
 from distkeras_plus.spark.predict import evaluate
-from distkeras_plus.spark.session import local_session
+from distkeras_plus.spark.session import local_session, start_session
 
 
 def split_data(spark: Any, job: JobConfig) -> tuple[Any, Any | None, str]:
@@ -65,8 +65,10 @@ def run_training(
     """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     check_writable(job.output_path, job.overwrite)  # before the training, not after it
-    driver.decide(job.run_config())  # a mistake in the settings fails before Spark starts
-    spark = local_session(job.workers, job.master)
+    driver.decide(job.run_config(), with_keras=False)  # a mistake in the settings is one line at once
+    session = start_session(job.workers, job.master)
+    driver.decide(job.run_config())  # Keras imported while the JVM starts
+    spark = session()
     spark.sparkContext.setLogLevel("ERROR")
     train_df, test_df, data_name = split_data(spark, job)
     prepared = None

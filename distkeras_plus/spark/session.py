@@ -7,11 +7,13 @@ import os
 import re
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distkeras_plus.errors import SettingError, TrainingError
-from distkeras_plus.quiet import native_stderr
+from distkeras_plus.quiet import log_path, verbose
 
 #: How often local Spark tries a task before the run fails (a cluster's default is 4 too).
 LOCAL_TASK_TRIES = 4
@@ -66,22 +68,61 @@ def local_session(workers: int, master: str | None = None) -> Any:
     else:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no address to guess
     quiet = Path(__file__).resolve().parent.parent / "log4j2.properties"
-
-    builder = (
-        SparkSession.builder.appName("distkeras-plus")
+    options = {
+        "spark.app.name": "distkeras-plus",
         # local[N, F]: a failed task is tried up to F times, as on a cluster.
-        .master(master or f"local[{workers},{LOCAL_TASK_TRIES}]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", os.environ.get("DK_DRIVER_MEMORY", "4g"))
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        "spark.master": master or f"local[{workers},{LOCAL_TASK_TRIES}]",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": os.environ.get("DK_DRIVER_MEMORY", "4g"),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Python workers start in the driver's directory: from a source checkout, the checkout's
         # distkeras_plus (which has no compiled core) would shadow the installed one.
-        .config("spark.executorEnv.PYTHONSAFEPATH", "1")
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={quiet.as_uri()}")
-    )
-    with native_stderr():  # the JVM keeps this descriptor 2: its lines go to the log
+        "spark.executorEnv.PYTHONSAFEPATH": "1",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={quiet.as_uri()}",
+    }
+    with _STARTING:
+        from pyspark import SparkConf, SparkContext
+
+        if SparkContext._active_spark_context is None and not verbose():
+            from pyspark.java_gateway import launch_gateway
+
+            conf = SparkConf().setAll(list(options.items()))
+            # The JVM, and the local Python workers it starts, write their lines to the log.
+            with log_path().open("ab") as log:
+                gateway = launch_gateway(conf, popen_kwargs={"stderr": log})
+            SparkContext(conf=conf, gateway=gateway)
+        builder = SparkSession.builder
+        for key, value in options.items():
+            builder = builder.config(key, value)
         return builder.getOrCreate()
+
+
+_STARTING = threading.Lock()
+
+
+def start_session(workers: int, master: str | None = None) -> Callable[[], Any]:
+    """`local_session`, started in the background (the JVM's start takes seconds, as does
+    importing Keras, which the driver can do meanwhile); the function returned waits for it."""
+    started: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            started["spark"] = local_session(workers, master)
+        except BaseException as e:  # raised where the session is waited for
+            started["error"] = e
+
+    # A daemon: a run that fails its checks first exits at once, and the JVM with it.
+    thread = threading.Thread(target=start, name="dk-spark-start", daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if "error" in started:
+            raise started["error"]
+        return started["spark"]
+
+    return wait
 
 
 def is_local(spark: Any) -> bool:

@@ -26,9 +26,10 @@ _COMPILE_METRICS = ("accuracy", "acc", "crossentropy", "ce")
 _NOT_NAMES = {"get", "serialize", "deserialize", "legacy", "schedules"}
 
 
-def check(loss: Any, metrics: Sequence[Any], optimizer: Any) -> None:
+def check(loss: Any, metrics: Sequence[Any], optimizer: Any, with_keras: bool = True) -> None:
     """Raises a one-line `SettingError` for a loss, metric or optimizer that Keras cannot resolve
-    (no loss: the default, chosen from the labels)."""
+    (no loss: the default, chosen from the labels). Without `with_keras`, only what the cache of
+    names can tell, at once."""
     named = [
         *([("loss", loss)] if loss is not None else []),
         *(("metric", m) for m in metrics if not (isinstance(m, str) and m.lower() in _COMPILE_METRICS)),
@@ -39,6 +40,8 @@ def check(loss: Any, metrics: Sequence[Any], optimizer: Any) -> None:
         for what, identifier in named:
             if isinstance(identifier, str) and identifier not in known[what]:
                 raise SettingError(_unknown(what, identifier, known[what]))
+    if not with_keras:
+        return
     keras = import_keras()
     modules = {"loss": keras.losses, "metric": keras.metrics, "worker optimizer": keras.optimizers}
     if known is None:
