@@ -75,7 +75,7 @@ def _per_batch(x: Any, y: Any, batch: int, window: int, epochs: int) -> float:
 
 def run(window: int = 12, steps: int = 600, repeats: int = 3) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for batch in BATCHES:
         n = batch * steps
         x = rng.random((n, 784), dtype=np.float32)

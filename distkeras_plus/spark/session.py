@@ -90,7 +90,7 @@ def local_session(workers: int, master: str | None = None) -> Any:
             conf = SparkConf().setAll(list(options.items()))
             # The JVM, and the local Python workers it starts, write their lines to the log.
             with log_path().open("ab") as log:
-                gateway = launch_gateway(conf, popen_kwargs={"stderr": log})
+                gateway = launch_gateway(conf, popen_kwargs={"stderr": log})  # type: ignore[no-untyped-call]
             SparkContext(conf=conf, gateway=gateway)
         builder = SparkSession.builder
         for key, value in options.items():
