@@ -81,6 +81,7 @@ def bench(session: nox.Session) -> None:
     session.install(".", "./plugins")
     session.run("dk", "bench", "ps", *session.posargs)
     session.run("dk", "bench", "steps", *session.posargs)
+    session.run("dk", "bench", "run", *session.posargs)
     session.run("dk", "bench", "train", *session.posargs)
     session.run("dk", "bench", "codecs", *session.posargs)
     session.run("dk", "bench", "checks", *session.posargs)

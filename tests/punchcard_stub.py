@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
     options: dict[str, str] = {}
     opts: list[str] = []
     for arg in argv[4:]:
+        if arg == "--overwrite":  # the one flag: the job's own output file
+            continue
         assert arg.startswith("--") and "=" in arg, f"not --key=value: {arg!r}"
         key, _, value = arg[2:].partition("=")
         if key == "opt":

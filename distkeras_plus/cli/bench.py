@@ -81,6 +81,21 @@ def bench_steps(window: int, suite: Path | None, output_format: str) -> None:
         click.echo(module.render(results))
 
 
+@bench.command("run")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@SUITE
+@OUTPUT_FORMAT
+def bench_run(epochs: int, batch_size: int, suite: Path | None, output_format: str) -> None:
+    """A whole dk train process on Fashion-MNIST vs a plain Keras script: wall time and memory."""
+    module = _benchmarks(suite, "run")
+    results: dict[str, Any] = module.run(epochs, batch_size)
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+    else:
+        click.echo(module.render(results))
+
+
 @bench.command("codecs")
 @click.option(
     "--sizes", default="1000000,10000000", show_default=True, help="Comma-separated parameter counts."

@@ -163,7 +163,8 @@ def _first_error(e: ValidationError) -> str:
 def train_args(spec: _Spec, job_dir: Path, model: Path, master: str | None, python: str) -> list[str]:
     """The argument list of the child that runs the job: `dk train`, no shell in between.
 
-    Every value goes as `--option=value`, so none can be read as another option."""
+    Every value goes as `--option=value`, so none can be read as another option (`--overwrite`,
+    a flag, takes none)."""
     config = spec.config()
     args = [
         python,
