@@ -97,13 +97,10 @@ def check_writable(path: str, overwrite: bool = False) -> None:
     if is_uri(path):
         return
     target = Path(path)
-    if target.is_file() and not overwrite:
-        raise StorageError(
-            f"{path} exists already; pass --overwrite to replace it, or choose another --output"
-        )
     try:
         if target.is_dir():
             raise IsADirectoryError(21, "it is a folder")
+        refuse_existing(path, overwrite)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe"):
             pass

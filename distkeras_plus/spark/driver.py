@@ -30,7 +30,7 @@ from distkeras_plus.ps.serve import new_secret
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.settings import RunConfig
 from distkeras_plus.spark import session
-from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker, warm_worker
+from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
 from distkeras_plus.worker import compiling
 
 
@@ -168,6 +168,7 @@ def train(
             )
             server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=config.timeout)
             address = f"{host}:{server.port}"
+        cores = os.cpu_count() or 1
         cfg = WorkerConfig(
             optimizer=p.spec.name,
             options=p.options,
@@ -186,7 +187,7 @@ def train(
             codec=p.codec,
             pull_codec=config.pull_codec,
             timeout=config.timeout,
-            threads=worker_threads(spark, p.workers),
+            threads=max(1, cores // p.workers) if session.is_local(spark) else 1,
         )
         rows = _run_stage(p, cfg, server, started, progress, checkpointer)
         seconds = time.perf_counter() - started
@@ -218,29 +219,6 @@ def train(
         pull_codec=config.pull_codec,
         retried_workers=sorted(r["worker"] for r in rows if r["attempt"] > 0),
     )
-
-
-def worker_threads(spark: Any, workers: int) -> int:
-    """TensorFlow's threads in each worker: a local run's share of this machine's cores."""
-    return max(1, (os.cpu_count() or 1) // workers) if session.is_local(spark) else 1
-
-
-def warm_workers(spark: Any, workers: int) -> None:
-    """Starts, in the background, the Python workers the training stage will run in, with Keras
-    imported (seconds each), while the driver still reads and checks the data. Spark reuses them
-    for the stage's tasks; a failure here only loses the head start."""
-    threads = worker_threads(spark, workers)
-
-    def task(batches: Iterator[Any]) -> Iterator[Any]:
-        return warm_worker(threads, batches)
-
-    def run() -> None:
-        try:
-            spark.range(workers, numPartitions=workers).mapInArrow(task, "ready boolean").collect()
-        except Exception:  # noqa: S110 - the stage imports Keras itself
-            pass
-
-    threading.Thread(target=run, name="dk-warm-workers", daemon=True).start()
 
 
 class _Reported:

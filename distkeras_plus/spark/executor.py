@@ -68,18 +68,6 @@ def set_process_env(threads: int) -> None:
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
-def warm_worker(threads: int, batches: Iterator[Any]) -> Iterator[Any]:
-    """A `mapInArrow` function that only gets a Python worker ready: its environment set and
-    Keras imported, which a reused worker keeps for the training stage's task."""
-    set_process_env(threads)
-    import keras  # noqa: F401
-    import pyarrow as pa
-
-    for _ in batches:
-        pass
-    yield pa.RecordBatch.from_pydict({"ready": [True]})
-
-
 def build_context(
     cfg: WorkerConfig,
     x: npt.NDArray[Any],

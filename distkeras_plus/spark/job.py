@@ -67,10 +67,9 @@ def run_training(
     check_writable(job.output_path, job.overwrite)  # before the training, not after it
     driver.decide(job.run_config(), with_keras=False)  # a mistake in the settings is one line at once
     session = start_session(job.workers, job.master)
-    decided = driver.decide(job.run_config())  # Keras imported while the JVM starts
+    driver.decide(job.run_config())  # Keras imported while the JVM starts
     spark = session()
     spark.sparkContext.setLogLevel("ERROR")
-    driver.warm_workers(spark, decided.workers)  # while the data is read and checked
     train_df, test_df, data_name = split_data(spark, job)
     prepared = None
     if resume is not None:
