@@ -186,7 +186,8 @@ def test_an_earlier_model_is_not_replaced_without_overwrite(tmp_path: Path) -> N
     earlier = tmp_path / "m.keras"
     earlier.write_bytes(b"an earlier run's model")
     line, took = dk_train("--output", str(earlier))
-    assert f"{earlier} exists already; pass --overwrite to replace it, or choose another --output" in line
+    refusal = f"{earlier} exists already; pass --overwrite to replace it, or choose another --output"
+    assert line == f"Error: {refusal}"
     assert took < 2.0, f"{took:.1f} s"
     # --overwrite passes the output's check: the next check is what fails.
     line, _ = dk_train("--output", str(earlier), "--overwrite", "--worker-optimizer", "adamm")

@@ -97,10 +97,11 @@ def check_writable(path: str, overwrite: bool = False) -> None:
     if is_uri(path):
         return
     target = Path(path)
+    if not target.is_dir():  # a folder is refused below, as one
+        refuse_existing(path, overwrite)
     try:
         if target.is_dir():
             raise IsADirectoryError(21, "it is a folder")
-        refuse_existing(path, overwrite)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.probe"):
             pass
