@@ -46,10 +46,7 @@ def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_f
         raise UserError(f"--sizes and --clients take comma-separated numbers: {e}") from e
     module = _benchmarks(suite, "ps")
     results: dict[str, Any] = module.run(size_list, client_list, quick=quick)
-    if output_format == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        click.echo(module.render(results))
+    _show(module, results, output_format)
 
 
 @bench.command("train")
@@ -61,10 +58,7 @@ def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, 
     """Training: plain Keras vs each optimizer with 2 workers on local Spark."""
     module = _benchmarks(suite, "train")
     results: dict[str, Any] = module.run(batch_size, list(datasets) or None)
-    if output_format == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        click.echo(module.render(results))
+    _show(module, results, output_format)
 
 
 @bench.command("steps")
@@ -75,10 +69,7 @@ def bench_steps(window: int, suite: Path | None, output_format: str) -> None:
     """A worker's window loop vs Keras' own model.fit(steps_per_execution=window)."""
     module = _benchmarks(suite, "steps")
     results: dict[str, Any] = module.run(window)
-    if output_format == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        click.echo(module.render(results))
+    _show(module, results, output_format)
 
 
 @bench.command("run")
@@ -90,10 +81,7 @@ def bench_run(epochs: int, batch_size: int, suite: Path | None, output_format: s
     """A whole dk train process on Fashion-MNIST vs a plain Keras script: wall time and memory."""
     module = _benchmarks(suite, "run")
     results: dict[str, Any] = module.run(epochs, batch_size)
-    if output_format == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        click.echo(module.render(results))
+    _show(module, results, output_format)
 
 
 @bench.command("codecs")
@@ -111,10 +99,7 @@ def bench_codecs(sizes: str, quick: bool, suite: Path | None, output_format: str
         raise UserError(f"--sizes takes comma-separated numbers: {e}") from e
     module = _benchmarks(suite, "codecs")
     results: dict[str, Any] = module.run(size_list, quick=quick)
-    if output_format == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        click.echo(module.render(results))
+    _show(module, results, output_format)
 
 
 @bench.command("checks")
@@ -125,10 +110,11 @@ def bench_checks(repeats: int, suite: Path | None, output_format: str) -> None:
     """The data check before training vs a one-epoch run on Fashion-MNIST-sized data."""
     module = _benchmarks(suite, "checks")
     results: dict[str, Any] = module.run(repeats)
-    if output_format == "json":
-        click.echo(json.dumps(results, indent=2))
-    else:
-        click.echo(module.render(results))
+    _show(module, results, output_format)
+
+
+def _show(module: Any, results: dict[str, Any], output_format: str) -> None:
+    click.echo(json.dumps(results, indent=2) if output_format == "json" else module.render(results))
 
 
 def _benchmarks(suite: Path | None, name: str) -> Any:
