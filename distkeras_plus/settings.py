@@ -142,6 +142,16 @@ class RunConfig:
         minimum=0,
         above=True,
     )
+    in_memory_mb: int | None = setting(
+        None,
+        "MiB of its partition a worker holds in memory; a larger partition is spilled to the "
+        "executor's local disk and streamed back every epoch (default: 1024, or a quarter of "
+        "spark.executor.pyspark.memory where that is set).",
+        minimum=0,
+        maximum=1 << 30,
+        metavar="MIB",
+        remote=True,
+    )
     checkpoint_dir: str | None = setting(
         None, "Write checkpoints of the centre here (a local folder or a Hadoop URI).", metavar="DIR"
     )

@@ -20,7 +20,7 @@ from distkeras_plus.plugins import registry
 from distkeras_plus.ps.serve import new_secret
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.spark.executor import WorkerConfig, build_context
-from distkeras_plus.worker import WorkerContext
+from distkeras_plus.worker import Batches, WorkerContext
 
 
 class Recorder:
@@ -144,8 +144,7 @@ def run_threads(
 
             ctx = build_context(
                 cfg,
-                x,
-                y,
+                Batches(x, y, cfg.batch_size, cfg.seed + w),
                 w,
                 all_gather=functools.partial(all_gather, w),
                 connect=connect,

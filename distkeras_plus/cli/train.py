@@ -176,14 +176,14 @@ def train_command(
 
 def _check_resume(ctx: click.Context, folder: str, given: JobConfig, recorded: JobConfig) -> JobConfig:
     """--resume goes on with the recorded run: a setting given now that differs from it is refused,
-    not dropped. Only where the run goes on (--master) and where its model goes (--output,
-    --overwrite) may change."""
+    not dropped. Only where the run goes on (--master), where its model goes (--output,
+    --overwrite) and how much of its partition a worker holds (--in-memory-mb) may change."""
     explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     for name, _, _ in declared(JobConfig):
         source = ctx.get_parameter_source("opts" if name == "options" else name)
         if source not in explicit or name in ("master", "checkpoint_dir"):
             continue
-        if name in ("output", "overwrite"):
+        if name in ("output", "overwrite", "in_memory_mb"):
             recorded = dataclasses.replace(recorded, **{name: getattr(given, name)})
             continue
         now, then = getattr(given, name), getattr(recorded, name)

@@ -3,7 +3,6 @@ and Arrow record batches to NumPy arrays on the executor (no row-at-a-time Pytho
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,27 +277,15 @@ def check_model(model: Any, data: Prepared, label: str) -> None:
         )
 
 
-def to_numpy(
-    batches: Iterable[Any], num_features: int, one_hot: bool
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
-    """Arrow record batches of (features, label) to `x` of shape (n, num_features) and `y`."""
-    xs, ys = [], []
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        feats = batch.column(0)
-        values = feats.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        if len(values) != batch.num_rows * num_features:
-            raise DataError(f"every features row must have {num_features} values")
-        xs.append(values.reshape(batch.num_rows, num_features))
-        labels = batch.column(1)
-        if one_hot:
-            ys.append(
-                labels.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(batch.num_rows, -1)
-            )
-        else:
-            ys.append(labels.to_numpy(zero_copy_only=False).astype(np.int32))
-    if not xs:
-        shape: tuple[int, ...] = (0, num_features)
-        return np.zeros(shape, np.float32), np.zeros((0,), np.int32)
-    return np.concatenate(xs), np.concatenate(ys)
+def arrays(batch: Any, num_features: int, one_hot: bool) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+    """An Arrow record batch of (features, label) as `x` of shape (rows, num_features) and `y`."""
+    rows = batch.num_rows
+    values = batch.column(0).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if len(values) != rows * num_features:
+        raise DataError(f"every features row must have {num_features} values")
+    labels = batch.column(1)
+    if one_hot:
+        y = labels.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(rows, -1)
+    else:
+        y = labels.to_numpy(zero_copy_only=False).astype(np.int32)
+    return values.reshape(rows, num_features), y

@@ -50,6 +50,10 @@ class TrainResult:
     pull_codec: str = "none"
     #: Workers whose result came from a retried task (Spark tried them again after a failure).
     retried_workers: list[int] = field(default_factory=list)
+    #: Each worker's peak memory (its Python process's peak RSS, bytes), by worker.
+    worker_peak_rss: list[int] = field(default_factory=list)
+    #: Bytes of partitions the workers spilled to local disk (too large to hold).
+    spilled_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ def train(
             codec=p.codec,
             pull_codec=config.pull_codec,
             timeout=config.timeout,
+            in_memory_mb=config.in_memory_mb,
             threads=max(1, cores // p.workers) if session.is_local(spark) else 1,
         )
         rows = _run_stage(p, cfg, server, started, progress, checkpointer)
@@ -218,6 +223,8 @@ def train(
         codec=p.codec,
         pull_codec=config.pull_codec,
         retried_workers=sorted(r["worker"] for r in rows if r["attempt"] > 0),
+        worker_peak_rss=[r["peak_rss"] for r in sorted(rows, key=lambda r: r["worker"])],
+        spilled_bytes=sum(r["spilled"] for r in rows),
     )
 
 

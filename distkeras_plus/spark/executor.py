@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy.typing as npt
-
 from distkeras_plus._core import Client
 from distkeras_plus.data.storage import model_from_bytes
-from distkeras_plus.data.tables import Columns, to_numpy
+from distkeras_plus.data.tables import Columns
 from distkeras_plus.errors import (
     AuthenticationError,
     CommitRejectedError,
@@ -24,10 +23,11 @@ from distkeras_plus.errors import (
 )
 from distkeras_plus.plugins import registry
 from distkeras_plus.ps.weights import FlatWeights
-from distkeras_plus.worker import Batches, WorkerContext, compiling
+from distkeras_plus.worker import Batches, WorkerContext, compiling, partition
 
 RESULT_SCHEMA = (
-    "worker int, attempt int, samples long, steps long, history string, result binary, error string"
+    "worker int, attempt int, samples long, steps long, history string, result binary, error string, "
+    "peak_rss long, spilled long"
 )
 
 # What a worker's task lets Spark try again: the machine or the network failed it, or the
@@ -58,6 +58,7 @@ class WorkerConfig:
     pull_codec: str = "none"
     timeout: float = 600.0
     start_clock: int = 0  # the centre's clock when this run started (a resumed run's is not 0)
+    in_memory_mb: int | None = None
 
 
 def set_process_env(threads: int) -> None:
@@ -70,8 +71,7 @@ def set_process_env(threads: int) -> None:
 
 def build_context(
     cfg: WorkerConfig,
-    x: npt.NDArray[Any],
-    y: npt.NDArray[Any],
+    data: Batches,
     worker_id: int,
     *,
     attempt: int = 0,
@@ -79,12 +79,12 @@ def build_context(
     connect: Callable[..., Any] = Client,
     context: type[WorkerContext] = WorkerContext,
 ) -> WorkerContext:
-    """A worker's context: its model (compiled as the run says), its data in batches, and its
+    """A worker's context: its model (compiled as the run says), its partition, and its
     connection to the parameter server (made by `connect`, with `Client`'s arguments)."""
     import keras
 
     model = model_from_bytes(cfg.model)
-    x = x.reshape((len(x), *model.input_shape[1:]))
+    data.input_shape = tuple(model.input_shape[1:])
     keras.utils.set_random_seed(cfg.seed + worker_id)
     compiling.compile_model(model, cfg.loss, cfg.metrics, cfg.worker_optimizer)
     client = None
@@ -104,7 +104,7 @@ def build_context(
         num_workers=cfg.num_workers,
         options=dict(cfg.options),
         model=model,
-        data=Batches(x, y, cfg.batch_size, cfg.seed + worker_id),
+        data=data,
         epochs=cfg.epochs,
         client=client,
         all_gather=all_gather,
@@ -136,10 +136,13 @@ def run_worker(
         def all_gather(message: str) -> list[str]:
             return [str(m) for m in barrier.allGather(message)]
 
-    ctx, error = None, None
+    ctx, data, error = None, None, None
     try:
-        x, y = to_numpy(batches, cfg.columns.num_features, cfg.columns.one_hot)
-        ctx = build_context(cfg, x, y, worker_id, attempt=ps_attempt, all_gather=all_gather)
+        limit = partition.memory_limit(cfg.in_memory_mb)
+        columns = cfg.columns
+        seed = cfg.seed + worker_id
+        data = partition.load(batches, columns.num_features, columns.one_hot, cfg.batch_size, seed, limit)
+        ctx = build_context(cfg, data, worker_id, attempt=ps_attempt, all_gather=all_gather)
         registry.get(cfg.optimizer).spec.worker(ctx)
     except RETRIED:
         raise
@@ -150,6 +153,9 @@ def run_worker(
     finally:
         if ctx is not None and ctx.client is not None:
             ctx.client.close()
+        spilled = data.spilled_bytes if data is not None else 0
+        if data is not None:
+            data.close()
     yield pa.RecordBatch.from_pydict(
         {
             "worker": [worker_id],
@@ -159,6 +165,9 @@ def run_worker(
             "history": [json.dumps(ctx.history if ctx else [])],
             "result": [ctx.result if ctx else None],
             "error": [error],
+            # The process's peak, in bytes (Linux counts ru_maxrss in KiB).
+            "peak_rss": [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024],
+            "spilled": [spilled],
         },
         schema=pa.schema(
             [
@@ -169,6 +178,8 @@ def run_worker(
                 ("history", pa.string()),
                 ("result", pa.binary()),
                 ("error", pa.string()),
+                ("peak_rss", pa.int64()),
+                ("spilled", pa.int64()),
             ]
         ),
     )

@@ -122,5 +122,7 @@ def run_training(
         "clock": stats.get("clock", resume.clock if resume else 0),
         "resumed_from_clock": resume.clock if resume else None,
         "retried_workers": result.retried_workers,
+        "worker_peak_rss": result.worker_peak_rss,
+        "spilled_bytes": result.spilled_bytes,
     }
     return report, result.history

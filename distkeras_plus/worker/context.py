@@ -14,8 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from distkeras_plus._core import Client, Layout
-from distkeras_plus.errors import DataError, PluginError
+from distkeras_plus.errors import PluginError
 from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.worker.partition import Batches
 from distkeras_plus.worker.steps import Steps
 
 F32 = npt.NDArray[np.float32]
@@ -23,31 +24,6 @@ F32 = npt.NDArray[np.float32]
 #: The most mini-batches one call into the backend trains, and the most bytes of features it
 #: takes: enough for the call's own cost not to count, without copying a partition at once.
 CALL_STEPS, CALL_BYTES = 64, 32 << 20
-
-
-class Batches:
-    """A worker's partition held as arrays, served in mini-batches, reshuffled every epoch.
-
-    The last, smaller batch of an epoch is kept: every sample is trained on.
-    """
-
-    def __init__(self, x: npt.NDArray[Any], y: npt.NDArray[Any], batch_size: int, seed: int) -> None:
-        if len(x) != len(y):
-            raise DataError(f"{len(x)} feature rows but {len(y)} labels")
-        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
-
-    @property
-    def samples(self) -> int:
-        return len(self.x)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
-        order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
 
 
 @dataclass
