@@ -82,6 +82,7 @@ def bench(session: nox.Session) -> None:
     session.run("dk", "bench", "ps", *session.posargs)
     session.run("dk", "bench", "steps", *session.posargs)
     session.run("dk", "bench", "run", *session.posargs)
+    session.run("dk", "bench", "memory", *session.posargs)
     session.run("dk", "bench", "train", *session.posargs)
     session.run("dk", "bench", "codecs", *session.posargs)
     session.run("dk", "bench", "checks", *session.posargs)

@@ -99,7 +99,11 @@ class TrainingError(DkError, RuntimeError):
     ps_address: str | None = None
 
 
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?:: ?(.*))?$")
+_BARE = {
+    "MemoryError": "MemoryError: a worker ran out of memory (lower --in-memory-mb, or give Python "
+    "workers more: spark.executor.pyspark.memory)",
+}
 
 
 def exception_line(text: str) -> str:
@@ -109,7 +113,10 @@ def exception_line(text: str) -> str:
         match = _EXCEPTION_LINE.match(line)
         if match is None or line.startswith(("org.", "java.", "scala.", "py4j.")):
             continue
-        name, message = match.group(1).rsplit(".", 1)[-1], match.group(2).strip()
+        name = match.group(1).rsplit(".", 1)[-1]
+        if match.group(2) is None:  # raised without a message
+            return _BARE.get(name, name)
+        message = match.group(2).strip()
         if not message or message.endswith(":"):
             # TensorFlow puts the useful part ("Received a label value of ...") last.
             detail = next((x.strip() for x in reversed(lines) if x.strip() and not x[0].isspace()), "")

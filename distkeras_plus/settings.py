@@ -145,8 +145,8 @@ class RunConfig:
     in_memory_mb: int | None = setting(
         None,
         "MiB of its partition a worker holds in memory; a larger partition is spilled to the "
-        "executor's local disk and streamed back every epoch (default: 1024, or a quarter of "
-        "spark.executor.pyspark.memory where that is set).",
+        "executor's local disk and streamed back every epoch (default: 1024, or less where "
+        "spark.executor.pyspark.memory leaves less).",
         minimum=0,
         maximum=1 << 30,
         metavar="MIB",

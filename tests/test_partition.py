@@ -4,6 +4,8 @@ not grow with the partition."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from distkeras_plus.errors import exception_line
 from distkeras_plus.worker import Batches, Spilled, partition
 
 
@@ -22,7 +25,8 @@ def arrow_batches(rows: int, features: int, per_batch: int = 1000) -> Iterator[p
         n = min(per_batch, rows - start)
         x = np.random.default_rng(start).random((n, features))
         x[:, 0] = np.arange(start, start + n)
-        feats = pa.ListArray.from_arrays(np.arange(0, n * features + 1, features, dtype=np.int32), x.reshape(-1))
+        offsets = np.arange(0, n * features + 1, features, dtype=np.int32)
+        feats = pa.ListArray.from_arrays(offsets, x.reshape(-1))
         yield pa.record_batch([feats, pa.array(np.arange(start, start + n) % 10)], names=["f", "label"])
 
 
@@ -111,10 +115,25 @@ def test_one_hot_labels_and_a_partial_last_block_come_back_whole(tmp_path: Path)
     assert np.array_equal(xs[order], x) and np.array_equal(ys[order], y)
 
 
-def test_the_limit_comes_from_the_setting_or_from_sparks_python_memory(monkeypatch: Any) -> None:
-    monkeypatch.delenv("PYSPARK_EXECUTOR_MEMORY_MB", raising=False)
-    assert partition.memory_limit(None) == partition.HOLD_BYTES
-    assert partition.memory_limit(5) == 5 << 20
-    monkeypatch.setenv("PYSPARK_EXECUTOR_MEMORY_MB", "2048")
-    assert partition.memory_limit(None) == 512 << 20
-    assert partition.memory_limit(0) == 0
+def test_the_limit_is_the_setting_or_a_share_of_the_address_space_left() -> None:
+    """Spark enforces spark.executor.pyspark.memory as an address-space limit (RLIMIT_AS)."""
+    assert partition.memory_limit(5) == 5 << 20 and partition.memory_limit(0) == 0
+    script = (
+        "import os, resource; from distkeras_plus.worker import partition\n"
+        "print(partition.memory_limit(None))\n"
+        "used = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + (400 << 20), resource.RLIM_INFINITY))\n"
+        "print(partition.memory_limit(None))\n"
+    )
+    free, limited = map(int, subprocess.check_output([sys.executable, "-P", "-c", script], text=True).split())
+    assert free == partition.HOLD_BYTES
+    assert 90 << 20 < limited <= 100 << 20
+
+
+def test_a_worker_out_of_memory_is_named_in_its_one_line() -> None:
+    spark_report = (
+        "An exception was thrown from the Python worker: Traceback (most recent call last):\n"
+        '  File "pyarrow/error.pxi", line 89, in pyarrow.lib.check_status\nMemoryError\n SQLSTATE: 38000\n'
+    )
+    line = exception_line(spark_report)
+    assert line.startswith("MemoryError: a worker ran out of memory") and "--in-memory-mb" in line

@@ -113,6 +113,17 @@ def bench_checks(repeats: int, suite: Path | None, output_format: str) -> None:
     _show(module, results, output_format)
 
 
+@bench.command("memory")
+@click.option("--rows-per-worker", default=100_000, show_default=True, type=click.IntRange(min=1000))
+@SUITE
+@OUTPUT_FORMAT
+def bench_memory(rows_per_worker: int, suite: Path | None, output_format: str) -> None:
+    """A worker's peak memory with its partition held or spilled, at 1x and 4x the size."""
+    module = _benchmarks(suite, "memory")
+    results: dict[str, Any] = module.run(rows_per_worker)
+    _show(module, results, output_format)
+
+
 def _show(module: Any, results: dict[str, Any], output_format: str) -> None:
     click.echo(json.dumps(results, indent=2) if output_format == "json" else module.render(results))
 

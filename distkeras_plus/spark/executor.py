@@ -138,6 +138,8 @@ def run_worker(
 
     ctx, data, error = None, None, None
     try:
+        import keras  # noqa: F401  (first: what it maps is not the partition's to use)
+
         limit = partition.memory_limit(cfg.in_memory_mb)
         columns = cfg.columns
         seed = cfg.seed + worker_id

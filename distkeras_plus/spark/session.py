@@ -8,7 +8,7 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ def check_master(master: str) -> None:
     )
 
 
-def local_session(workers: int, master: str | None = None) -> Any:
-    """A Spark session: `local[workers]` by default, or the given master URL."""
+def local_session(workers: int, master: str | None = None, conf: Mapping[str, str] | None = None) -> Any:
+    """A Spark session: `local[workers]` by default, or the given master URL; `conf` adds to or
+    replaces the settings it starts with."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
@@ -80,7 +81,13 @@ def local_session(workers: int, master: str | None = None) -> Any:
         # distkeras_plus (which has no compiled core) would shadow the installed one.
         "spark.executorEnv.PYTHONSAFEPATH": "1",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={quiet.as_uri()}",
+        **(conf or {}),
     }
+    if "spark.executor.pyspark.memory" in options:
+        # Spark enforces it as a limit on the Python workers' address space, which Arrow's own
+        # allocator, reserving large regions, soon runs out of (a 392 MB partition could not be
+        # read under 3 GB); the system allocator reserves only what it uses.
+        options.setdefault("spark.executorEnv.ARROW_DEFAULT_MEMORY_POOL", "system")
     with _STARTING:
         from pyspark import SparkConf, SparkContext
 

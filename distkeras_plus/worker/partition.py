@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +34,7 @@ BLOCK_BYTES = 1 << 20
 FILE_BLOCKS = 64
 #: The shuffle buffer: how many bytes of rows are drawn and shuffled together.
 SHUFFLE_BYTES = 64 << 20
-#: The most a worker holds in memory when nothing says otherwise (see `memory_limit`).
+#: The most a worker holds in memory when its setting does not say (see `memory_limit`).
 HOLD_BYTES = 1 << 30
 
 
@@ -201,14 +202,18 @@ def _column(a: npt.NDArray[Any]) -> Any:
     return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), int(np.prod(a.shape[1:])))
 
 
-def memory_limit(hold_mb: int | None) -> int:
-    """The bytes of its partition a worker holds in memory: `hold_mb` MiB when given; otherwise
-    `HOLD_BYTES`, or a quarter of the Python worker's memory when Spark limits it
-    (`spark.executor.pyspark.memory`), whichever is less."""
-    if hold_mb is not None:
-        return hold_mb << 20
-    limit = int(os.environ.get("PYSPARK_EXECUTOR_MEMORY_MB", "-1"))
-    return min(HOLD_BYTES, (limit << 20) // 4) if limit > 0 else HOLD_BYTES
+def memory_limit(in_memory_mb: int | None) -> int:
+    """The bytes of its partition a worker holds in memory: `in_memory_mb` MiB when given;
+    otherwise `HOLD_BYTES`, or a quarter of the address space the process has left where it is
+    limited (Spark enforces `spark.executor.pyspark.memory` that way), whichever is less. Called
+    once the backend is imported, whose address space is not the partition's to use."""
+    if in_memory_mb is not None:
+        return in_memory_mb << 20
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return HOLD_BYTES
+    used = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    return min(HOLD_BYTES, max(0, limit - used) // 4)
 
 
 def local_folder() -> Path:
