@@ -48,7 +48,7 @@ def _train(spark: Any, rows: int, workers: int, in_memory_mb: int | None) -> dic
         in_memory_mb=in_memory_mb,
     )
     return {
-        "partition_mb": rows // workers * ROW_BYTES / 2**20,
+        "partition_mb": rows // workers * ROW_BYTES / 2**20,  # each worker's
         "in_memory_mb": in_memory_mb,
         "peak_rss_mb": max(result.worker_peak_rss) / 2**20,
         "spilled_mb": result.spilled_bytes / 2**20,
@@ -91,7 +91,7 @@ def render(results: dict[str, Any]) -> str:
         how = "held   " if c["in_memory_mb"] is None else "spilled"
         lines.append(
             f"  {how} partition {c['partition_mb']:7.0f} MB: worker peak RSS {c['peak_rss_mb']:6.0f} MB, "
-            f"spilled {c['spilled_mb']:6.0f} MB, {c['seconds']:5.1f} s"
+            f"spilled (all workers) {c['spilled_mb']:6.0f} MB, {c['seconds']:5.1f} s"
         )
     over = results["over_limit"]
     lines += [

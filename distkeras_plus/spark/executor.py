@@ -9,6 +9,7 @@ import os
 import resource
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distkeras_plus._core import Client
@@ -113,6 +114,23 @@ def build_context(
     )
 
 
+def _reset_peak_rss() -> None:
+    """Spark reuses Python workers: the peak this task reports starts with the task."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak resident size
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """The process's peak resident size (since `_reset_peak_rss`, where the system allows), bytes."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) << 10
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # KiB on Linux
+
+
 def run_worker(
     cfg: WorkerConfig, batches: Iterator[Any], report: Callable[[str], None] | None = None
 ) -> Iterator[Any]:
@@ -120,6 +138,7 @@ def run_worker(
     again is not raised (Spark would retry it) but returned in the result's `error`, and given to
     `report` at once, so that the driver can stop the other workers."""
     set_process_env(cfg.threads)
+    _reset_peak_rss()
     import pyarrow as pa
     from pyspark import BarrierTaskContext, TaskContext
 
@@ -167,8 +186,7 @@ def run_worker(
             "history": [json.dumps(ctx.history if ctx else [])],
             "result": [ctx.result if ctx else None],
             "error": [error],
-            # The process's peak, in bytes (Linux counts ru_maxrss in KiB).
-            "peak_rss": [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024],
+            "peak_rss": [_peak_rss()],
             "spilled": [spilled],
         },
         schema=pa.schema(
