@@ -37,7 +37,8 @@ print(model.evaluate(data.x_test, data.y_test, batch_size=1024, verbose=0)[1])
 
 
 def _tree_rss(root: int) -> int:
-    """The resident bytes of `root` and every process below it."""
+    """The resident bytes of `root` and every process below it: each process's proportional set
+    size, so pages that forked Python workers share with their daemon count once, not per process."""
     parents: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -54,8 +55,9 @@ def _tree_rss(root: int) -> int:
     total = 0
     for pid in tree:
         try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(next(x for x in rollup.splitlines() if x.startswith("Pss:")).split()[1]) << 10
+        except (OSError, ValueError, StopIteration):
             continue
     return total
 
@@ -68,7 +70,7 @@ def _timed(command: list[str], cwd: str) -> dict[str, Any]:
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.1):
+        while not done.wait(0.5):  # reading the proportional sizes costs the kernel time
             peak[0] = max(peak[0], _tree_rss(proc.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
