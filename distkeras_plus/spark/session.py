@@ -94,11 +94,11 @@ def local_session(workers: int, master: str | None = None, conf: Mapping[str, st
         if SparkContext._active_spark_context is None and not verbose():
             from pyspark.java_gateway import launch_gateway
 
-            conf = SparkConf().setAll(list(options.items()))
+            spark_conf = SparkConf().setAll(list(options.items()))
             # The JVM, and the local Python workers it starts, write their lines to the log.
             with log_path().open("ab") as log:
-                gateway = launch_gateway(conf, popen_kwargs={"stderr": log})  # type: ignore[no-untyped-call]
-            SparkContext(conf=conf, gateway=gateway)
+                gateway = launch_gateway(spark_conf, popen_kwargs={"stderr": log})  # type: ignore[no-untyped-call]
+            SparkContext(conf=spark_conf, gateway=gateway)
         builder = SparkSession.builder
         for key, value in options.items():
             builder = builder.config(key, value)
