@@ -157,7 +157,7 @@ def run_worker(
 
     ctx, data, error = None, None, None
     try:
-        import keras  # noqa: F401  (first: what it maps is not the partition's to use)
+        import keras  # noqa: F401  (before the partition: its share is what the backend leaves)
 
         limit = partition.memory_limit(cfg.in_memory_mb)
         columns = cfg.columns

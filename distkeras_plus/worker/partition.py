@@ -93,7 +93,7 @@ class Spilled(Batches):
         self._block_rows = 0
         self._writer: Any = None
         self._file = -1
-        self._schema: Any = None
+        self._shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # of a row's x and y
 
     @property
     def samples(self) -> int:
@@ -153,10 +153,7 @@ class Spilled(Batches):
         per_buffer = max(1, SHUFFLE_BYTES // BLOCK_BYTES)
         left: list[Pair] = []
         for start in range(0, len(order), per_buffer):
-            x, y = (
-                np.concatenate(a)
-                for a in zip(*left, *self._read(order[start : start + per_buffer]), strict=True)
-            )
+            x, y = _joined([*left, *self._read(order[start : start + per_buffer])])
             perm = rng.permutation(len(x))
             full = len(x) - len(x) % self.batch_size
             yield from self._batches(x, y, perm[:full])
