@@ -19,6 +19,8 @@ from click.testing import CliRunner
 
 from distkeras_plus.cli import main
 from distkeras_plus.data.datasets import default_model
+from distkeras_plus.data.tables import check_features
+from distkeras_plus.errors import DataError
 
 
 def dk_train(*args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
@@ -225,3 +227,27 @@ def test_predict_keeps_earlier_predictions_without_overwrite(spark: Any, model4:
     )
     assert result.exit_code == 0, result.output
     assert spark.read.parquet(str(output)).count() == 40
+
+
+@pytest.mark.parametrize(
+    ("row", "bad"),
+    [
+        ([0.0, 1.0, 2.0], False),
+        ([3.4e38, -3.4e38, 0.0], False),  # the largest floats are finite
+        ([0.0, None, 2.0], True),
+        ([float("nan"), 1.0, 2.0], True),
+        ([0.0, None, float("nan")], True),
+        ([0.0, 1.0, float("inf")], True),
+        ([float("-inf"), 1.0, 2.0], True),
+    ],
+)
+def test_the_feature_check_finds_every_null_nan_or_infinite_value(
+    spark: Any, row: list[Any], bad: bool
+) -> None:
+
+    df = spark.createDataFrame([([0.5, 0.5, 0.5],), (row,)], "features array<double>")
+    if bad:
+        with pytest.raises(DataError, match="has NaN, infinite or null values in 1 of 2 rows"):
+            check_features(df, "features")
+    else:
+        assert check_features(df, "features")[1] == 3
