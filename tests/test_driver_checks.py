@@ -244,7 +244,6 @@ def test_predict_keeps_earlier_predictions_without_overwrite(spark: Any, model4:
 def test_the_feature_check_finds_every_null_nan_or_infinite_value(
     spark: Any, row: list[Any], bad: bool
 ) -> None:
-
     df = spark.createDataFrame([([0.5, 0.5, 0.5],), (row,)], "features array<double>")
     if bad:
         with pytest.raises(DataError, match="has NaN, infinite or null values in 1 of 2 rows"):
