@@ -44,9 +44,7 @@ def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_f
         client_list = [int(c) for c in clients.split(",") if c.strip()]
     except ValueError as e:
         raise UserError(f"--sizes and --clients take comma-separated numbers: {e}") from e
-    module = _benchmarks(suite, "ps")
-    results: dict[str, Any] = module.run(size_list, client_list, quick=quick)
-    _show(module, results, output_format)
+    _bench(suite, "ps", output_format, size_list, client_list, quick=quick)
 
 
 @bench.command("train")
@@ -56,9 +54,7 @@ def bench_ps(sizes: str, clients: str, quick: bool, suite: Path | None, output_f
 @OUTPUT_FORMAT
 def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, output_format: str) -> None:
     """Training: plain Keras vs each optimizer with 2 workers on local Spark."""
-    module = _benchmarks(suite, "train")
-    results: dict[str, Any] = module.run(batch_size, list(datasets) or None)
-    _show(module, results, output_format)
+    _bench(suite, "train", output_format, batch_size, list(datasets) or None)
 
 
 @bench.command("steps")
@@ -67,9 +63,7 @@ def bench_train(batch_size: int, datasets: tuple[str, ...], suite: Path | None, 
 @OUTPUT_FORMAT
 def bench_steps(window: int, suite: Path | None, output_format: str) -> None:
     """A worker's window loop vs Keras' own model.fit(steps_per_execution=window)."""
-    module = _benchmarks(suite, "steps")
-    results: dict[str, Any] = module.run(window)
-    _show(module, results, output_format)
+    _bench(suite, "steps", output_format, window)
 
 
 @bench.command("run")
@@ -79,9 +73,7 @@ def bench_steps(window: int, suite: Path | None, output_format: str) -> None:
 @OUTPUT_FORMAT
 def bench_run(epochs: int, batch_size: int, suite: Path | None, output_format: str) -> None:
     """A whole dk train process on Fashion-MNIST vs a plain Keras script: wall time and memory."""
-    module = _benchmarks(suite, "run")
-    results: dict[str, Any] = module.run(epochs, batch_size)
-    _show(module, results, output_format)
+    _bench(suite, "run", output_format, epochs, batch_size)
 
 
 @bench.command("codecs")
@@ -97,9 +89,7 @@ def bench_codecs(sizes: str, quick: bool, suite: Path | None, output_format: str
         size_list = [int(float(s)) for s in sizes.split(",") if s.strip()]
     except ValueError as e:
         raise UserError(f"--sizes takes comma-separated numbers: {e}") from e
-    module = _benchmarks(suite, "codecs")
-    results: dict[str, Any] = module.run(size_list, quick=quick)
-    _show(module, results, output_format)
+    _bench(suite, "codecs", output_format, size_list, quick=quick)
 
 
 @bench.command("checks")
@@ -108,9 +98,7 @@ def bench_codecs(sizes: str, quick: bool, suite: Path | None, output_format: str
 @OUTPUT_FORMAT
 def bench_checks(repeats: int, suite: Path | None, output_format: str) -> None:
     """The data check before training vs a one-epoch run on Fashion-MNIST-sized data."""
-    module = _benchmarks(suite, "checks")
-    results: dict[str, Any] = module.run(repeats)
-    _show(module, results, output_format)
+    _bench(suite, "checks", output_format, repeats)
 
 
 @bench.command("memory")
@@ -119,12 +107,13 @@ def bench_checks(repeats: int, suite: Path | None, output_format: str) -> None:
 @OUTPUT_FORMAT
 def bench_memory(rows_per_worker: int, suite: Path | None, output_format: str) -> None:
     """A worker's peak memory with its partition held or spilled, at 1x and 4x the size."""
-    module = _benchmarks(suite, "memory")
-    results: dict[str, Any] = module.run(rows_per_worker)
-    _show(module, results, output_format)
+    _bench(suite, "memory", output_format, rows_per_worker)
 
 
-def _show(module: Any, results: dict[str, Any], output_format: str) -> None:
+def _bench(suite: Path | None, name: str, output_format: str, *args: Any, **kwargs: Any) -> None:
+    """Runs `benchmarks.<name>` and prints its results, as JSON or as its own text."""
+    module = _benchmarks(suite, name)
+    results: dict[str, Any] = module.run(*args, **kwargs)
     click.echo(json.dumps(results, indent=2) if output_format == "json" else module.render(results))
 
 

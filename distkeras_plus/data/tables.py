@@ -290,13 +290,22 @@ def check_model(model: Any, data: Prepared, label: str) -> None:
 
 def arrays(batch: Any, num_features: int, one_hot: bool) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
     """An Arrow record batch of (features, label) as `x` of shape (rows, num_features) and `y`."""
-    rows = batch.num_rows
-    values = batch.column(0).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if len(values) != rows * num_features:
+    return feature_values(batch.column(0), num_features), label_values(batch.column(1), one_hot)
+
+
+def feature_values(column: Any, num_features: int) -> npt.NDArray[np.float32]:
+    """An Arrow column of feature arrays as float32 of shape (rows, num_features)."""
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    values: npt.NDArray[np.float32] = flat.astype(np.float32, copy=False)
+    if len(values) != len(column) * num_features:
         raise DataError(f"every features row must have {num_features} values")
-    labels = batch.column(1)
+    return values.reshape(len(column), num_features)
+
+
+def label_values(column: Any, one_hot: bool) -> npt.NDArray[Any]:
+    """An Arrow label column as Keras takes it: int32 class indices, or float32 one-hot rows."""
     if one_hot:
-        y = labels.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(rows, -1)
-    else:
-        y = labels.to_numpy(zero_copy_only=False).astype(np.int32)
-    return values.reshape(rows, num_features), y
+        rows: npt.NDArray[Any] = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        return rows.reshape(len(column), -1)
+    indices: npt.NDArray[Any] = column.to_numpy(zero_copy_only=False).astype(np.int32)
+    return indices

@@ -174,8 +174,9 @@ def run_worker(
     finally:
         if ctx is not None and ctx.client is not None:
             ctx.client.close()
-        spilled = data.spilled_bytes if data is not None else 0
+        spilled = 0
         if data is not None:
+            spilled = data.spilled_bytes
             data.close()
     yield pa.RecordBatch.from_pydict(
         {

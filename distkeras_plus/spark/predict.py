@@ -16,7 +16,9 @@ from distkeras_plus.data.tables import (
     check_inputs,
     check_model,
     default_loss,
+    feature_values,
     features_expr,
+    label_values,
     prepare,
 )
 from distkeras_plus.errors import DataError
@@ -119,9 +121,7 @@ def _predict_task(cfg: PredictConfig, batches: Iterator[Any]) -> Iterator[Any]:
         if batch.num_rows == 0:
             continue
         index = batch.schema.get_field_index(_X)
-        x = batch.column(index).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        if len(x) != batch.num_rows * cfg.num_features:
-            raise DataError(f"every features row must have {cfg.num_features} values")
+        x = feature_values(batch.column(index), cfg.num_features)
         x = x.reshape((batch.num_rows, *model.input_shape[1:]))
         out = np.asarray(model.predict(x, batch_size=cfg.batch_size, verbose=0), np.float32)
         out = out.reshape(batch.num_rows, -1)
@@ -135,19 +135,12 @@ def _predict_task(cfg: PredictConfig, batches: Iterator[Any]) -> Iterator[Any]:
             probs = pa.FixedSizeListArray.from_arrays(flat, out.shape[1]).cast(pa.list_(pa.float32()))
             rest = rest.append_column(cfg.probability_col, probs)
         if loss_fn is not None and cfg.label_col is not None:
-            y = _labels(batch.column(batch.schema.get_field_index(cfg.label_col)), batch.num_rows)
+            labels = batch.column(batch.schema.get_field_index(cfg.label_col))
+            one_hot = pa.types.is_list(labels.type) or pa.types.is_fixed_size_list(labels.type)
+            y = label_values(labels, one_hot)
             per_row = keras.ops.convert_to_numpy(loss_fn(y, out)).astype(np.float64).reshape(-1)
             rest = rest.append_column(cfg.loss_col, pa.array(per_row))
         yield rest
-
-
-def _labels(column: Any, rows: int) -> Any:
-    """A label column as Keras takes it: class indices, or one-hot rows."""
-    import pyarrow as pa
-
-    if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type):
-        return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(rows, -1)
-    return column.to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 @dataclass(frozen=True)
