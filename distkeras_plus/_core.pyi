@@ -13,6 +13,7 @@ __all__ = [
     "CODECS",
     "CODEC_SYNTAX",
     "ELASTIC_CODECS",
+    "MAX_LOGS",
     "MIN_SECRET_LEN",
     "PROTOCOL_VERSION",
     "PULL_CODECS",
@@ -56,6 +57,8 @@ STATS_FIELDS: Final[tuple[str, ...]]
 #: The keys of each worker's entry in `ParameterServer.stats()["workers"]`, in order.
 WORKER_STATS_FIELDS: Final[tuple[str, ...]]
 PROTOCOL_VERSION: Final[int]
+#: The most logs values one commit may carry (`Client.set_progress`).
+MAX_LOGS: Final[int]
 
 class DkError(Exception):
     """The base class of every error a user can fix."""
@@ -144,6 +147,17 @@ class ParameterServer:
     def centre(self) -> Centre: ...
     def stop(self) -> None: ...
     def stats(self) -> dict[str, Any]: ...
+    def set_control(self, stop: bool = False, learning_rate: float | None = None) -> None:
+        """What every commit reply carries from now on, to every worker: `stop` asks them to end
+        their loop at that exchange; `learning_rate` (None: none set) is the rate their optimizers
+        use from their next window. Sets both. The server only relays them."""
+
+    def epochs(self) -> dict[int, dict[str, Any]]:
+        """Each epoch's logs over every worker, by epoch: `{"samples": int, "means": list[float]}`.
+        `samples` counts the samples of the epoch's applied commits' windows; `means[k]` is the mean
+        of logs value k weighted by those samples, over the samples for which it was finite (NaN
+        where it never was)."""
+
     def __enter__(self) -> ParameterServer: ...
     def __exit__(
         self,
@@ -184,7 +198,18 @@ class Client:
     def bytes_out(self) -> int: ...
     def pull(self, out: _F32) -> int: ...
     def commit(self, delta: _F32, out: _F32 | None = None) -> tuple[int, int]: ...
-    def set_progress(self, samples: int, loss: float = ...) -> None: ...
+    def set_progress(self, samples: int, epoch: int = 0, logs: Sequence[float] = ()) -> None:
+        """What the next commits tell the server of this worker's training: samples so far, the
+        epoch, and the window's logs (mean loss first, then each metric's mean). More than
+        `MAX_LOGS` logs values raise ValueError."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the latest commit reply asked this worker to stop (False before any)."""
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The learning rate the latest commit reply carried (None before any, or if none is set)."""
     def flush(self) -> tuple[int, int] | None: ...
     def stats(self) -> dict[str, int]: ...
     def close(self) -> None: ...

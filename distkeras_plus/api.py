@@ -6,6 +6,7 @@ is an option of the optimizer (`window=12`)."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from distkeras_plus.errors import SettingError
@@ -22,6 +23,8 @@ def train(
     *,
     config: RunConfig | None = None,
     resume: Checkpoint | str | None = None,
+    callbacks: Sequence[Any] = (),
+    validation_data: Any = None,
     **settings: Any,
 ) -> TrainResult:
     """Trains a Keras model data-parallel on a Spark DataFrame.
@@ -34,8 +37,15 @@ def train(
 
         `resume` (a `Checkpoint`, or a checkpoint folder: its newest valid checkpoint) starts from
         that centre and clock and skips the epochs it had done; the model must have the same weights'
-        shapes. Returns the trained model with each worker's history and the parameter server's
-        statistics.
+        shapes.
+
+        As with `model.fit`: a compiled model trains with its own optimizer, loss and metrics
+        (unless the settings name others); `callbacks` (Keras callbacks) see every epoch of the
+        cluster, with `logs` holding the epoch's mean loss and metrics over all workers and the
+        `val_*` scores on `validation_data` (a DataFrame or a path) or on a `validation_split`;
+        a callback that sets `model.stop_training` stops every worker. Returns the trained model,
+        compiled, with its per-epoch `history` (a Keras History), each worker's history and the
+        parameter server's statistics.
 
         Settings:
     {settings}
@@ -45,7 +55,7 @@ def train(
     run = from_keywords(settings, config)  # a bad setting fails here, before Spark is touched
     if isinstance(resume, str):
         resume = Folder(resume, getattr(df, "sparkSession", None)).latest()
-    return driver.train(df, model, run, resume=resume)
+    return driver.train(df, model, run, resume=resume, callbacks=callbacks, validation=validation_data)
 
 
 train.__doc__ = (train.__doc__ or "").replace("{settings}", keywords_doc())
@@ -55,6 +65,8 @@ _HEAD = [
     inspect.Parameter("plugin", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None),
     inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None),
+    inspect.Parameter("callbacks", inspect.Parameter.KEYWORD_ONLY, default=()),
+    inspect.Parameter("validation_data", inspect.Parameter.KEYWORD_ONLY, default=None),
 ]
 train.__signature__ = signature(_HEAD)  # type: ignore[attr-defined]
 
@@ -76,13 +88,17 @@ class Trainer:
         self.config = from_keywords({**settings, "plugin": self.plugin}, config, legacy=True)
         self.result: TrainResult | None = None
 
-    def train(self, df: Any) -> Any:
-        self.result = driver.train(df, self.model, self.config)
+    def train(self, df: Any, callbacks: Sequence[Any] = (), validation_data: Any = None) -> Any:
+        self.result = driver.train(
+            df, self.model, self.config, callbacks=callbacks, validation=validation_data
+        )
         return self.result.model
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        return self.result.history if self.result else []
+        """Each worker's history rows, as the original's trainers kept them (the per-epoch
+        History is `result.history`)."""
+        return self.result.worker_history if self.result else []
 
     @property
     def ps_stats(self) -> dict[str, Any]:

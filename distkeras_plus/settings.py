@@ -109,16 +109,52 @@ class RunConfig:
     batch_size: int = setting(32, "Mini-batch size.", minimum=1, maximum=1 << 20, remote=True)
     loss: Any = setting(
         None,
-        "Keras loss (default: (sparse) categorical cross-entropy, from the label).",
+        "Keras loss (default: the model's if it is compiled, else (sparse) categorical "
+        "cross-entropy, from the label).",
         text=str,
         remote=True,
         pattern=NAME,
     )
-    metrics: Any = setting(("accuracy",), "Keras metrics (comma-separated on the command line).", text=tuple)
+    metrics: Any = setting(
+        None,
+        "Keras metrics, comma-separated on the command line (default: the model's if it is "
+        "compiled, else accuracy).",
+        text=tuple,
+    )
     worker_optimizer: Any = setting(
         None,
-        "Keras optimizer of the workers: a name or a config (default: the plugin's).",
+        "Keras optimizer of the workers: a name or a config (default: the model's if it is "
+        "compiled, else the plugin's).",
         text=str,
+        remote=True,
+        pattern=NAME,
+    )
+    learning_rate: float | None = setting(
+        None,
+        "Learning rate of the workers' optimizer (default: the optimizer's own).",
+        minimum=0,
+        above=True,
+        remote=True,
+    )
+    validation_split: float = setting(
+        0.0,
+        "Fraction of the training data held out to validate the model on at every epoch's end "
+        "(val_loss, val_accuracy, ...).",
+        minimum=0,
+        maximum=1,
+        below=True,
+        remote=True,
+    )
+    early_stopping: int | None = setting(
+        None,
+        "Stop once --monitor has not improved for this many epochs, and keep the best epoch's weights.",
+        minimum=1,
+        metavar="PATIENCE",
+        remote=True,
+    )
+    monitor: str | None = setting(
+        None,
+        "What --early-stopping watches (default: val_loss with validation data, else loss).",
         remote=True,
         pattern=NAME,
     )
@@ -189,15 +225,22 @@ class JobConfig(RunConfig):
         remote_required=True,
     )
     test_data: str | None = setting(
-        None, "Test set for --data (default: --validation-split).", metavar="PATH", remote=True
+        None, "Test set for --data (default: --test-split of it).", metavar="PATH", remote=True
+    )
+    validation_data: str | None = setting(
+        None,
+        "Validate on this Parquet or CSV file or folder at every epoch's end (instead of "
+        "--validation-split).",
+        metavar="PATH",
+        remote=True,
     )
     model: str | None = setting(
         None, "Model to train (default: a small MLP that fits the data).", metavar="FILE.keras"
     )
     master: str | None = setting(None, "Spark master URL (default: local[WORKERS]).", check=_master)
-    validation_split: float = setting(
+    test_split: float = setting(
         0.2,
-        "Fraction of --data held out as the test set (0: none).",
+        "Fraction of --data held out as the test set, apart from any validation data (0: none).",
         minimum=0,
         maximum=1,
         below=True,

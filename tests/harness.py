@@ -20,7 +20,7 @@ from distkeras_plus.plugins import registry
 from distkeras_plus.ps.serve import new_secret
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.spark.executor import WorkerConfig, build_context
-from distkeras_plus.worker import Batches, WorkerContext
+from distkeras_plus.worker import Batches, WorkerContext, compiling
 
 
 class Recorder:
@@ -54,8 +54,16 @@ class Recorder:
             )
         return clock, staleness
 
-    def set_progress(self, samples: int, loss: float = float("nan")) -> None:
-        self.client.set_progress(samples, loss)
+    def set_progress(self, samples: int, epoch: int = 0, logs: Any = ()) -> None:
+        self.client.set_progress(samples, epoch, logs)
+
+    @property
+    def learning_rate(self) -> float | None:
+        return self.client.learning_rate
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.client.stop_requested
 
     def flush(self) -> tuple[int, int] | None:
         return self.client.flush()
@@ -125,9 +133,9 @@ def run_threads(
             optimizer=optimizer,
             options=opts,
             model=model_bytes(model),
-            loss=loss,
-            metrics=[],
-            worker_optimizer=worker_optimizer or spec.worker_optimizer_for(opts),
+            compiled=compiling.resolve(
+                model, loss, [], worker_optimizer, None, (spec.worker_optimizer_for(opts), loss)
+            ),
             batch_size=batch_size,
             epochs=epochs,
             seed=0,

@@ -143,7 +143,7 @@ def test_train_on_csv_then_evaluate_and_predict(spark: Any, digits_dir: Path, tm
     progress = tmp_path / "progress.jsonl"
     result = run(
         ["train", "--data", str(digits_dir / "digits.csv"), "--plugin", "dynsgd", "--epochs", "6",
-         "--validation-split", "0.25", "--output", str(model_path), "--output-format", "json",
+         "--test-split", "0.25", "--output", str(model_path), "--output-format", "json",
          "--history-file", str(history), "--progress-file", str(progress), "--metrics", "accuracy"]
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 from helpers import address
-from wire import OPS, VERSION, RawWorker, codecs, error_of, read_frame
+from wire import OPS, VERSION, RawWorker, codecs, commit_head, error_of, read_frame
 
 from distkeras_plus import (
     Centre,
@@ -171,7 +171,7 @@ def test_malformed_compressed_commits_change_nothing(
 def test_unknown_commit_flags_close_the_connection(zero_server: ParameterServer, secret: bytes) -> None:
     w = RawWorker(zero_server.port)
     assert w.hello(secret, [[N]], codecs=codecs(1))[0] == OPS["welcome"]
-    body = struct.pack("<IIQQQfI", 0, 2, 1, 0, 0, 0.0, 0) + bytes(2 * N)
+    body = commit_head(flags=2) + bytes(2 * N)
     w.send(struct.pack("<4sBBHQ", b"DKPS", VERSION, OPS["commit"], 0, len(body)) + body)
     assert "flags" in error_of(*read_frame(w.sock))[1]
     assert w.closed_by_server()

@@ -153,7 +153,7 @@ def test_bad_data_is_one_line_before_training(
     line, took = dk_train(
         "--data",
         bad_data(kind, tmp_path),
-        "--validation-split",
+        "--test-split",
         "0",
         "--model",
         model4,
@@ -166,7 +166,7 @@ def test_bad_data_is_one_line_before_training(
 
 
 def test_a_model_too_small_for_the_classes(spark: Any, model3: str, tmp_path: Path) -> None:
-    line, _ = dk_train("--data", bad_data("good", tmp_path), "--validation-split", "0", "--model", model3)
+    line, _ = dk_train("--data", bad_data("good", tmp_path), "--test-split", "0", "--model", model3)
     assert "holds class 3 but the model has 3 output units (classes 0 to 2); give its last layer 4" in line
 
 

@@ -4,16 +4,15 @@ unchanged, and the server goes on serving a well-behaved worker."""
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 from helpers import address
-from wire import OPS, RawWorker, error_of, frame, header, read_frame
+from wire import OPS, RawWorker, commit_head, committed_of, error_of, frame, header, read_frame
 
-from distkeras_plus import Client, Layout, ParameterServer
+from distkeras_plus import Client, Layout, ParameterServer, _core
 
 N = 1000
 SHAPES = [[N]]
@@ -154,9 +153,46 @@ def test_non_finite_commit_is_rejected_and_the_connection_survives(
     assert kind == "rejected" and "NaN or infinity" in message
     assert_unharmed(server, secret)
     w.send(w.commit_frame(np.ones(N, dtype=np.float32).tobytes(), seq=2))
-    op, payload = read_frame(w.sock)
-    assert op == OPS["committed"] and struct.unpack("<QQ", payload) == (1, 0)
+    clock, staleness, control, rate = committed_of(*read_frame(w.sock))
+    assert (clock, staleness, control) == (1, 0, 0) and np.isnan(rate)
     assert np.all(server.centre.to_numpy() == 2.0)
+
+
+def test_a_commit_with_logs_is_read_whole_and_its_reply_carries_the_control_block(
+    server: ParameterServer, secret: bytes
+) -> None:
+    w = authed(server, secret)
+    ones = np.ones(N, dtype=np.float32).tobytes()
+    server.set_control(stop=True, learning_rate=0.5)
+    w.send(w.commit_frame(ones, seq=1, samples=8, epoch=2, logs=(0.25, 4.0, 1.0)))
+    assert committed_of(*read_frame(w.sock)) == (1, 0, 1, 0.5)
+    # A refused commit (a duplicate) records nothing of its logs.
+    w.send(w.commit_frame(ones, seq=1, samples=16, epoch=2, logs=(100.0,)))
+    assert error_of(*read_frame(w.sock))[0] == "rejected"
+    assert server.epochs() == {2: {"samples": 8, "means": [0.25, 4.0, 1.0]}}
+    assert server.stats()["workers"][0]["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("n_logs", "length"),
+    [
+        (_core.MAX_LOGS + 1, 40 + 4 * (_core.MAX_LOGS + 1)),
+        (1, 40 + 4 * N),  # the logs take 4 of the vector's bytes
+        (3, 44),  # shorter than its logs
+    ],
+    ids=["too-many-logs", "vector-short-by-the-logs", "cut-logs"],
+)
+def test_malformed_logs_are_a_protocol_error(
+    server: ParameterServer, secret: bytes, n_logs: int, length: int
+) -> None:
+    w = authed(server, secret)
+    # Only the head: it is refused before the server reads on, so no unread bytes reset the socket.
+    w.send(header(OPS["commit"], length) + commit_head(n_logs=n_logs))
+    kind, _ = error_of(*read_frame(w.sock))
+    assert kind == "protocol"
+    assert w.closed_by_server()
+    assert_unharmed(server, secret)
+    assert server.stats()["commits"] == 0 and server.epochs() == {}
 
 
 def test_duplicate_sequence_numbers_are_applied_once(server: ParameterServer, secret: bytes) -> None:

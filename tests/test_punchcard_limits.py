@@ -292,8 +292,8 @@ def test_concurrent_submissions_keep_to_the_queue_limit(limited: Daemon, model_f
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        ('{"data": "{data}", "validation_split": NaN}', "validation_split"),
-        ('{"data": "{data}", "validation_split": Infinity}', "validation_split"),
+        ('{"data": "{data}", "test_split": NaN}', "test_split"),
+        ('{"data": "{data}", "test_split": Infinity}', "test_split"),
         ('{"data": "{data}", "epochs": 1e999}', "epochs"),
         ('{"data": "{data}", "plugin": "aeasgd", "options": {"rho": -Infinity}}', "options.rho"),
         ('{"data": "{data}", "plugin": "aeasgd", "options": {"rho": 1e999}}', "options.rho"),

@@ -179,7 +179,8 @@ def test_vocabulary_comes_from_the_core() -> None:
     }
     assert _core.RULE_SYNTAX.startswith("add(scale=1), dynsgd, adaptive(gamma=1e-4)")
     assert _core.MIN_SECRET_LEN == 16
-    assert _core.PROTOCOL_VERSION == 3
+    assert _core.PROTOCOL_VERSION == 4
+    assert _core.MAX_LOGS == 32
     required = {"elastic": {"alpha": 0.5}, "sync": {"workers": 1.0}}
     for rule in _core.RULES:
         centre = Centre(np.zeros(2, np.float32), rule, required.get(rule))
@@ -200,6 +201,7 @@ def test_stats_follow_the_schema(server: ParameterServer, secret: bytes) -> None
         "max_staleness",
         "mean_staleness",
         "samples",
+        "epoch",
         "loss",
     )
     with Client(address(server), secret, Layout.flat(N), worker_id=5) as c:
@@ -226,6 +228,48 @@ def test_stats_follow_the_schema(server: ParameterServer, secret: bytes) -> None
     raw = stats_of(*read_frame(w.sock))
     assert raw["commits"] == 1 and raw["workers_connected"] == 1 and raw["connections"] == 2
     w.close()
+
+
+def test_epochs_average_the_workers_logs_by_their_samples(server: ParameterServer, secret: bytes) -> None:
+    ones = np.ones(N, np.float32)
+    with (
+        Client(address(server), secret, Layout.flat(N), worker_id=0) as a,
+        Client(address(server), secret, Layout.flat(N), worker_id=1) as b,
+    ):
+        a.set_progress(10, 0, [1.0, 0.5])
+        a.commit(ones)
+        b.set_progress(30, 0, (3.0, float("nan")))  # a NaN metric is left out of its mean
+        b.commit(ones)
+        a.set_progress(20, 1, [2.0])
+        a.commit(ones)
+        a.commit(ones)  # no new samples: adds nothing
+        with pytest.raises(ValueError, match="MAX_LOGS"):
+            a.set_progress(30, 1, [0.0] * (_core.MAX_LOGS + 1))
+    epochs = server.epochs()
+    assert list(epochs) == [0, 1]
+    assert epochs[0]["samples"] == 40 and epochs[0]["means"] == [pytest.approx(100 / 40), 0.5]
+    assert epochs[1] == {"samples": 10, "means": [2.0]}
+    worker = server.stats()["workers"][0]
+    assert (worker["samples"], worker["epoch"], worker["loss"]) == (20, 1, 2.0)
+
+
+def test_commit_replies_carry_the_control_block(server: ParameterServer, secret: bytes) -> None:
+    ones = np.ones(N, np.float32)
+    c = Client(address(server), secret, Layout.flat(N), worker_id=0)
+    assert (c.stop_requested, c.learning_rate) == (False, None)
+    c.commit(ones)
+    assert (c.stop_requested, c.learning_rate) == (False, None)
+    server.set_control(learning_rate=0.125)
+    assert (c.stop_requested, c.learning_rate) == (False, None)  # only a reply brings it
+    c.commit(ones)
+    assert (c.stop_requested, c.learning_rate) == (False, 0.125)
+    server.set_control(stop=True)
+    c.commit(ones)
+    c.close()
+    assert (c.stop_requested, c.learning_rate) == (True, None)  # still readable once closed
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="learning_rate"):
+            server.set_control(learning_rate=bad)
 
 
 def test_bind_errors_are_clear(server: ParameterServer, secret: bytes) -> None:

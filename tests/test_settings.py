@@ -137,7 +137,7 @@ def test_a_job_spec_runs_dk_train_with_every_setting() -> None:
     spec = parse(json.dumps({"data": "/", "epochs": 3, "options": {"window": 4}, "loss": "mse"}))
     args = train_args(spec, Path("/job"), Path("/m.keras"), None, "py")
     assert "--epochs=3" in args and "--opt=window=4" in args and "--loss=mse" in args
-    assert "--validation-split=0.2" in args and "--data=/" in args
+    assert "--test-split=0.2" in args and "--data=/" in args
     flags = {a.split("=")[0] for a in args if a.startswith("--")}
     for name, _, _ in remote_settings():
         value = getattr(spec.config(), name)

@@ -79,14 +79,14 @@ def test_vectors_and_one_hot_labels(spark: Any, digits_data: Any) -> None:
         df, default_model(64, 10), "adag", features_col="pixels", label_col="target", epochs=1
     )
     assert result.samples == 400
-    assert all(np.isfinite(h["loss"]) for h in result.history if h["loss"] is not None)
+    assert all(np.isfinite(h["loss"]) for h in result.worker_history if h["loss"] is not None)
 
 
 def test_more_partitions_than_cores(spark: Any, digits_data: Any) -> None:
     result = distkeras_plus.train(
         digits_data.to_spark(spark), default_model(64, 10), "adag", num_workers=5, epochs=1
     )
-    assert {h["worker"] for h in result.history} == set(range(5))
+    assert {h["worker"] for h in result.worker_history} == set(range(5))
     assert result.samples == len(digits_data.x_train)
 
 

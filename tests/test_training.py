@@ -17,12 +17,12 @@ def test_adag_on_local_spark(spark: Any, digits_data: Any) -> None:
     assert result.model is model
     n = len(digits_data.x_train)
     assert result.samples == 2 * n
-    workers = {h["worker"] for h in result.history}
+    workers = {h["worker"] for h in result.worker_history}
     assert workers == {0, 1}
-    commits = [h for h in result.history if "staleness" in h]
+    commits = [h for h in result.worker_history if "staleness" in h]
     assert result.ps_stats["commits"] == len(commits) == result.ps_stats["clock"]
-    assert all(h["time"] > 0 for h in result.history)
-    assert result.history == sorted(result.history, key=lambda h: h["time"])
+    assert all(h["time"] > 0 for h in result.worker_history)
+    assert result.worker_history == sorted(result.worker_history, key=lambda h: h["time"])
     assert result.ps_stats["workers_connected"] == 0  # every worker said goodbye
     # The centre became the model's weights, and it learned something in two epochs.
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -10,7 +10,7 @@ import socket
 import struct
 
 MAGIC = b"DKPS"
-VERSION = 3
+VERSION = 4
 OPS = {
     "challenge": 1,
     "hello": 2,
@@ -48,6 +48,34 @@ STATS_REPLY = (
     "timeouts",
     "workers_connected",
 )
+
+
+#: Commit head: worker_id, flags, seq, last_pull_clock, samples, epoch, n_logs, zero; then the logs.
+COMMIT_HEAD = "<IIQQQIHH"
+#: Committed reply head: clock, staleness, control bits (1: stop), learning rate (NaN: none).
+COMMITTED_HEAD = "<QQIf"
+
+
+def commit_head(
+    worker_id: int = 0,
+    flags: int = 0,
+    seq: int = 1,
+    clock: int = 0,
+    samples: int = 0,
+    epoch: int = 0,
+    logs: tuple[float, ...] = (),
+    n_logs: int | None = None,
+) -> bytes:
+    """A commit's head and logs (`n_logs` overrides the count the head declares)."""
+    count = len(logs) if n_logs is None else n_logs
+    head = struct.pack(COMMIT_HEAD, worker_id, flags, seq, clock, samples, epoch, count, 0)
+    return head + struct.pack(f"<{len(logs)}f", *logs)
+
+
+def committed_of(op: int, payload: bytes) -> tuple[int, int, int, float]:
+    """(clock, staleness, control bits, learning rate) of a committed reply."""
+    assert op == OPS["committed"], f"expected a committed reply, got op {op}"
+    return struct.unpack_from(COMMITTED_HEAD, payload)
 
 
 def stats_of(op: int, payload: bytes) -> dict[str, int]:
@@ -141,8 +169,17 @@ class RawWorker:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def commit_frame(self, values: bytes, worker_id: int = 0, seq: int = 1, clock: int = 0) -> bytes:
-        return frame("commit", struct.pack("<IIQQQfI", worker_id, 0, seq, clock, 0, 0.0, 0) + values)
+    def commit_frame(
+        self,
+        values: bytes,
+        worker_id: int = 0,
+        seq: int = 1,
+        clock: int = 0,
+        samples: int = 0,
+        epoch: int = 0,
+        logs: tuple[float, ...] = (),
+    ) -> bytes:
+        return frame("commit", commit_head(worker_id, 0, seq, clock, samples, epoch, logs) + values)
 
     def closed_by_server(self) -> bool:
         """Reads until the server closes (EOF or reset); raises TimeoutError if it never does."""

@@ -50,6 +50,8 @@ pub struct Client {
     seq: u64,
     last_pull_clock: u64,
     progress: p::Progress,
+    /// The control block of the latest commit reply.
+    control: p::Control,
 }
 
 /// What the payload of a reply holds after its fixed head.
@@ -139,6 +141,7 @@ impl Client {
             seq: 0,
             last_pull_clock: 0,
             progress: p::Progress::default(),
+            control: p::Control::default(),
         };
         client.handshake(secret, layout, attempt).map_err(lost)?;
         client.conn.stream.set_read_timeout(timeout)?;
@@ -275,20 +278,35 @@ impl Client {
         Ok(self.last_pull_clock)
     }
 
-    /// What the next commits tell the server of this worker's training (shown as progress).
-    pub fn set_progress(&mut self, progress: p::Progress) {
+    /// What the next commits tell the server of this worker's training (shown as progress and
+    /// averaged per epoch by the driver). At most `protocol::MAX_LOGS` logs values.
+    pub fn set_progress(&mut self, progress: p::Progress) -> Result<()> {
+        if progress.logs.len() > p::MAX_LOGS {
+            return Err(Error::invalid(format!(
+                "a commit carries at most MAX_LOGS = {} logs values, not {}",
+                p::MAX_LOGS,
+                progress.logs.len()
+            )));
+        }
         self.progress = progress;
+        Ok(())
     }
 
-    /// The head of the next commit: `flags`, the next sequence number, the clock of the last pull.
-    fn next_commit_head(&mut self, flags: u32) -> [u8; p::COMMIT_HEAD_LEN] {
+    /// What the driver said with the latest commit reply (nothing before the first).
+    pub fn control(&self) -> p::Control {
+        self.control
+    }
+
+    /// The head and logs of the next commit: `flags`, the next sequence number, the clock of the
+    /// last pull, the progress.
+    fn next_commit_head(&mut self, flags: u32) -> Vec<u8> {
         self.seq += 1;
         p::encode_commit_head(
             self.worker_id,
             flags,
             self.seq,
             self.last_pull_clock,
-            self.progress,
+            &self.progress,
         )
     }
 
@@ -296,21 +314,21 @@ impl Client {
     /// it has one.
     fn send_commit(
         &mut self,
-        head: &[u8; p::COMMIT_HEAD_LEN],
+        head: &[u8],
         body: &[u8],
         reply: Option<&mut [f32]>,
     ) -> Result<Applied> {
         self.conn.send(Op::Commit, head, body).map_err(lost)?;
-        let mut reply_head = [0u8; 16];
+        let mut reply_head = [0u8; p::COMMITTED_HEAD_LEN];
         let body = reply.map_or(Body::Empty, Body::Values);
         self.read_reply(Op::Committed, &mut reply_head, body)
             .map_err(lost)?;
-        let clock = u64::from_le_bytes(reply_head[..8].try_into().expect("8 bytes"));
-        let staleness = u64::from_le_bytes(reply_head[8..].try_into().expect("8 bytes"));
+        let (applied, control) = p::decode_committed(&reply_head)?;
+        self.control = control;
         if self.rule_code == rule_code::SYNC {
-            self.last_pull_clock = clock; // a sync reply is the new centre
+            self.last_pull_clock = applied.clock; // a sync reply is the new centre
         }
-        Ok(Applied { clock, staleness })
+        Ok(applied)
     }
 
     /// Sends `delta` (stamped with the clock of the last pull and the next sequence number).

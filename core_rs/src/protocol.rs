@@ -14,6 +14,7 @@ use std::net::TcpStream;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::centre::Applied;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::stats::Snapshot;
@@ -24,8 +25,9 @@ pub use crate::stats::STATS_FIELDS;
 compile_error!("the wire format reads float32 payloads in place and assumes a little-endian host");
 
 pub const MAGIC: [u8; 4] = *b"DKPS";
-/// 3: the stats reply carries every counter of `stats::Snapshot::fields` (version 2 sent 7 of them).
-pub const VERSION: u8 = 3;
+/// 4: commits carry the worker's epoch and its window's logs; commit replies carry the control
+/// block (stop, learning rate) the driver sets.
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 16;
 pub const NONCE_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
@@ -450,55 +452,88 @@ pub fn nonce() -> Result<[u8; NONCE_LEN]> {
     Ok(n)
 }
 
-/// Fixed prefix of a commit payload, before the float32 vector.
+/// Fixed prefix of a commit payload, before its logs and its vector.
 pub const COMMIT_HEAD_LEN: usize = 40;
 
 /// Commit flag: this frame's vector is plain float32, whatever the connection's codec (a worker
 /// flushing its error-feedback residual at the end).
 pub const DENSE: u32 = 1;
 
-/// What a worker says of its own training with each commit, so the driver can show progress.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Most logs values one commit may carry.
+pub const MAX_LOGS: usize = 32;
+
+/// What a worker says of its own training with each commit: the driver shows it as progress and
+/// averages the logs over each epoch (`stats::EpochStats`). It never affects the centre.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
-    /// Samples the worker has trained on so far in this attempt.
+    /// Samples the worker has trained on so far (its earlier attempts' included).
     pub samples: u64,
-    /// Its latest training loss; NaN when it has none yet.
-    pub loss: f32,
+    /// The epoch it is training.
+    pub epoch: u32,
+    /// Its window's mean loss, then each metric's window mean, in an order the Python side
+    /// defines; at most `MAX_LOGS`.
+    pub logs: Vec<f32>,
 }
 
-impl Default for Progress {
-    fn default() -> Self {
-        Progress {
-            samples: 0,
-            loss: f32::NAN,
-        }
-    }
-}
-
+/// A commit's head and logs: the part of its payload before the vector.
 pub fn encode_commit_head(
     worker_id: u32,
     flags: u32,
     seq: u64,
     last_pull_clock: u64,
-    progress: Progress,
-) -> [u8; COMMIT_HEAD_LEN] {
-    let mut h = [0u8; COMMIT_HEAD_LEN];
-    h[..4].copy_from_slice(&worker_id.to_le_bytes());
-    h[4..8].copy_from_slice(&flags.to_le_bytes());
-    h[8..16].copy_from_slice(&seq.to_le_bytes());
-    h[16..24].copy_from_slice(&last_pull_clock.to_le_bytes());
-    h[24..32].copy_from_slice(&progress.samples.to_le_bytes());
-    h[32..36].copy_from_slice(&progress.loss.to_le_bytes());
+    progress: &Progress,
+) -> Vec<u8> {
+    assert!(progress.logs.len() <= MAX_LOGS, "checked by set_progress");
+    let mut h = Vec::with_capacity(COMMIT_HEAD_LEN + 4 * progress.logs.len());
+    h.extend_from_slice(&worker_id.to_le_bytes());
+    h.extend_from_slice(&flags.to_le_bytes());
+    h.extend_from_slice(&seq.to_le_bytes());
+    h.extend_from_slice(&last_pull_clock.to_le_bytes());
+    h.extend_from_slice(&progress.samples.to_le_bytes());
+    h.extend_from_slice(&progress.epoch.to_le_bytes());
+    h.extend_from_slice(&(progress.logs.len() as u16).to_le_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend(progress.logs.iter().flat_map(|v| v.to_le_bytes()));
     h
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitHead {
     pub worker_id: u32,
     pub flags: u32,
     pub seq: u64,
     pub last_pull_clock: u64,
-    pub progress: Progress,
+    pub samples: u64,
+    pub epoch: u32,
+    /// How many float32 logs values follow the head (at most `MAX_LOGS`).
+    pub n_logs: u16,
+}
+
+impl CommitHead {
+    /// The bytes of the logs that follow the head.
+    pub fn logs_len(&self) -> usize {
+        4 * usize::from(self.n_logs)
+    }
+
+    /// The length of the vector in a commit payload of `payload_len` bytes.
+    pub fn body_len(&self, payload_len: u64) -> Result<usize> {
+        (payload_len as usize)
+            .checked_sub(COMMIT_HEAD_LEN + self.logs_len())
+            .ok_or_else(|| Error::protocol("commit frame is shorter than its head and logs"))
+    }
+
+    /// The worker's progress, with the logs read after the head.
+    pub fn progress(&self, logs: &[u8]) -> Progress {
+        debug_assert_eq!(logs.len(), self.logs_len());
+        Progress {
+            samples: self.samples,
+            epoch: self.epoch,
+            logs: logs
+                .chunks_exact(4)
+                .map(|v| f32::from_le_bytes(v.try_into().expect("4 bytes")))
+                .collect(),
+        }
+    }
 }
 
 pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
@@ -511,8 +546,15 @@ pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
     let seq = f.u64()?;
     let last_pull_clock = f.u64()?;
     let samples = f.u64()?;
-    let loss = f32::from_bits(f.u32()?);
-    if f.u32()? != 0 {
+    let epoch = f.u32()?;
+    let [a, b, z0, z1] = f.array()?;
+    let n_logs = u16::from_le_bytes([a, b]);
+    if usize::from(n_logs) > MAX_LOGS {
+        return Err(Error::protocol(format!(
+            "a commit carries at most {MAX_LOGS} logs values, not {n_logs}"
+        )));
+    }
+    if [z0, z1] != [0, 0] {
         return Err(Error::protocol("commit head has non-zero reserved bytes"));
     }
     Ok(CommitHead {
@@ -520,8 +562,54 @@ pub fn decode_commit_head(h: &[u8; COMMIT_HEAD_LEN]) -> Result<CommitHead> {
         flags,
         seq,
         last_pull_clock,
-        progress: Progress { samples, loss },
+        samples,
+        epoch,
+        n_logs,
     })
+}
+
+/// Control bit of a commit reply: the driver asks every worker to stop at this exchange.
+pub const STOP: u32 = 1;
+
+/// What the driver tells every worker with each commit reply. The server only relays it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Control {
+    pub stop: bool,
+    /// The learning rate the workers' optimizers should use from their next window.
+    pub learning_rate: Option<f32>,
+}
+
+/// Fixed prefix of a `Committed` payload, before any vector.
+pub const COMMITTED_HEAD_LEN: usize = 24;
+
+pub fn encode_committed(applied: Applied, control: Control) -> [u8; COMMITTED_HEAD_LEN] {
+    let mut h = [0u8; COMMITTED_HEAD_LEN];
+    h[..8].copy_from_slice(&applied.clock.to_le_bytes());
+    h[8..16].copy_from_slice(&applied.staleness.to_le_bytes());
+    h[16..20].copy_from_slice(&(if control.stop { STOP } else { 0 }).to_le_bytes());
+    let rate = control.learning_rate.unwrap_or(f32::NAN);
+    h[20..].copy_from_slice(&rate.to_le_bytes());
+    h
+}
+
+pub fn decode_committed(h: &[u8; COMMITTED_HEAD_LEN]) -> Result<(Applied, Control)> {
+    let mut f = Fields(h);
+    let applied = Applied {
+        clock: f.u64()?,
+        staleness: f.u64()?,
+    };
+    let bits = f.u32()?;
+    if bits & !STOP != 0 {
+        return Err(Error::protocol(format!(
+            "unknown control bits {bits:#x} in a commit reply"
+        )));
+    }
+    let rate = f32::from_bits(f.u32()?);
+    let control = Control {
+        stop: bits & STOP != 0,
+        learning_rate: (!rate.is_nan()).then_some(rate),
+    };
+    Ok((applied, control))
 }
 
 /// A `StatsReply` payload: every value of `stats::Snapshot::fields`, u64 each, in that order.
@@ -630,12 +718,82 @@ mod tests {
 
     proptest! {
         #[test]
-        fn commit_head_round_trips(worker in any::<u32>(), dense in any::<bool>(), seq in any::<u64>(), clock in any::<u64>(), samples in any::<u64>(), loss in -1e6f32..1e6) {
+        fn commit_head_round_trips(
+            worker in any::<u32>(),
+            dense in any::<bool>(),
+            seq in any::<u64>(),
+            clock in any::<u64>(),
+            samples in any::<u64>(),
+            epoch in any::<u32>(),
+            logs in proptest::collection::vec(any::<f32>(), 0..=MAX_LOGS),
+        ) {
             let flags = if dense { DENSE } else { 0 };
-            let progress = Progress { samples, loss };
-            let head = decode_commit_head(&encode_commit_head(worker, flags, seq, clock, progress)).unwrap();
-            prop_assert_eq!(head, CommitHead { worker_id: worker, flags, seq, last_pull_clock: clock, progress });
+            let progress = Progress { samples, epoch, logs };
+            let bytes = encode_commit_head(worker, flags, seq, clock, &progress);
+            let head = decode_commit_head(bytes[..COMMIT_HEAD_LEN].try_into().unwrap()).unwrap();
+            let n_logs = progress.logs.len() as u16;
+            prop_assert_eq!(head, CommitHead { worker_id: worker, flags, seq, last_pull_clock: clock, samples, epoch, n_logs });
+            let got = head.progress(&bytes[COMMIT_HEAD_LEN..]);
+            let bits = |p: &Progress| p.logs.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!((got.samples, got.epoch, bits(&got)), (samples, epoch, bits(&progress)));
+            prop_assert_eq!(head.body_len(bytes.len() as u64 + 12).unwrap(), 12);
         }
+
+        #[test]
+        fn more_than_max_logs_is_refused(n_logs in (MAX_LOGS as u16 + 1)..=u16::MAX) {
+            let mut bytes = encode_commit_head(1, 0, 1, 0, &Progress::default());
+            bytes[36..38].copy_from_slice(&n_logs.to_le_bytes());
+            let err = decode_commit_head(bytes[..].try_into().unwrap()).unwrap_err();
+            prop_assert!(matches!(&err, Error::Protocol(m) if m.contains("at most 32")), "{}", err);
+        }
+
+        #[test]
+        fn committed_reply_round_trips(
+            clock in any::<u64>(),
+            staleness in any::<u64>(),
+            stop in any::<bool>(),
+            rate in proptest::option::of(0f32..10.0),
+        ) {
+            let applied = Applied { clock, staleness };
+            let control = Control { stop, learning_rate: rate };
+            prop_assert_eq!(decode_committed(&encode_committed(applied, control)).unwrap(), (applied, control));
+        }
+    }
+
+    #[test]
+    fn a_commit_head_checks_its_reserved_bytes_and_length() {
+        let progress = Progress {
+            samples: 1,
+            epoch: 2,
+            logs: vec![0.5; 3],
+        };
+        let bytes = encode_commit_head(1, 0, 1, 0, &progress);
+        let head = decode_commit_head(bytes[..COMMIT_HEAD_LEN].try_into().unwrap()).unwrap();
+        assert!(head.body_len(COMMIT_HEAD_LEN as u64 + 11).is_err());
+        assert_eq!(head.body_len(COMMIT_HEAD_LEN as u64 + 12).unwrap(), 0);
+        let mut bad = bytes.clone();
+        bad[39] = 1;
+        assert!(decode_commit_head(bad[..COMMIT_HEAD_LEN].try_into().unwrap()).is_err());
+    }
+
+    #[test]
+    fn unknown_control_bits_are_a_protocol_error() {
+        let mut reply = encode_committed(
+            Applied {
+                clock: 1,
+                staleness: 0,
+            },
+            Control::default(),
+        );
+        assert_eq!(
+            decode_committed(&reply).unwrap().1,
+            Control {
+                stop: false,
+                learning_rate: None
+            }
+        );
+        reply[16] = 2;
+        assert!(matches!(decode_committed(&reply), Err(Error::Protocol(_))));
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The TCP parameter server: one acceptor thread and one thread per worker connection, all plain
 //! Rust (no Python objects), stopped cleanly by `Server::stop` or on drop.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::protocol::{self as p, Conn, Op, Traffic};
 use crate::rules::Rule;
-use crate::stats::{Counters, Snapshot};
+use crate::stats::{Counters, EpochStats, Snapshot};
 
 /// The shortest run secret a server accepts, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -67,11 +67,25 @@ struct Shared {
     accept_codecs: Option<Vec<String>>,
     stopping: AtomicBool,
     counters: Counters,
+    /// The control block every commit reply carries: set by the driver at any time.
+    stop_requested: AtomicBool,
+    /// Bits of an f32; NaN: no learning rate set.
+    learning_rate: AtomicU32,
     /// Highest sequence number applied or in flight, per (worker, attempt): a replay is refused.
     last_seq: Mutex<HashMap<(u32, u32), u64>>,
     /// The newest attempt seen per worker: Spark's retry of a task supersedes the old attempt.
     attempts: Mutex<HashMap<u32, u32>>,
     conns: Mutex<Connections>,
+}
+
+impl Shared {
+    fn control(&self) -> p::Control {
+        let rate = f32::from_bits(self.learning_rate.load(Ordering::SeqCst));
+        p::Control {
+            stop: self.stop_requested.load(Ordering::SeqCst),
+            learning_rate: (!rate.is_nan()).then_some(rate),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -155,6 +169,8 @@ impl Server {
             accept_codecs: config.accept_codecs,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
+            stop_requested: AtomicBool::new(false),
+            learning_rate: AtomicU32::new(f32::NAN.to_bits()),
             last_seq: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
             conns: Mutex::new(Connections::default()),
@@ -182,6 +198,19 @@ impl Server {
 
     pub fn stats(&self) -> Snapshot {
         self.shared.counters.snapshot(self.shared.centre.clock())
+    }
+
+    /// Every epoch's logs as the workers' applied commits reported them.
+    pub fn epochs(&self) -> BTreeMap<u32, EpochStats> {
+        self.shared.counters.epochs()
+    }
+
+    /// What every commit reply carries from now on.
+    pub fn set_control(&self, control: p::Control) {
+        let shared = &self.shared;
+        shared.stop_requested.store(control.stop, Ordering::SeqCst);
+        let rate = control.learning_rate.unwrap_or(f32::NAN);
+        shared.learning_rate.store(rate.to_bits(), Ordering::SeqCst);
     }
 
     pub fn is_running(&self) -> bool {
@@ -465,9 +494,9 @@ impl<'a> Session<'a> {
 
     fn serve(&mut self) -> Result<()> {
         let n = self.shared.centre.len();
-        // Any codec's commit, or a dense one (a residual flush).
-        let max_frame =
-            (p::COMMIT_HEAD_LEN + self.commit_codec.max_encoded_len(n).max(4 * n)) as u64;
+        // Any codec's commit, or a dense one (a residual flush), with the most logs.
+        let max_vector = self.commit_codec.max_encoded_len(n).max(4 * n);
+        let max_frame = (p::COMMIT_HEAD_LEN + 4 * p::MAX_LOGS + max_vector) as u64;
         loop {
             let header = self.conn.read_header(max_frame)?;
             let expect = |len: u64| {
@@ -486,16 +515,14 @@ impl<'a> Session<'a> {
                     self.pull()?;
                 }
                 Op::Commit => {
-                    if self.commit_codec == Codec::None {
-                        expect((p::COMMIT_HEAD_LEN + 4 * n) as u64)?;
-                    } else if header.len < p::COMMIT_HEAD_LEN as u64 {
+                    if header.len < p::COMMIT_HEAD_LEN as u64 {
                         return Err(Error::protocol("commit frame is shorter than its header"));
                     }
                     // Counted before the reply goes out, so a worker reading stats sees it.
                     let frame = p::HEADER_LEN as u64 + header.len;
                     let counters = &self.shared.counters;
                     counters.add(&counters.commit_bytes, frame);
-                    self.commit(header.len as usize - p::COMMIT_HEAD_LEN)?;
+                    self.commit(header.len)?;
                 }
                 Op::Stats => {
                     expect(0)?;
@@ -529,7 +556,7 @@ impl<'a> Session<'a> {
         self.conn.send(Op::Centre, &head, &self.encoded)
     }
 
-    fn commit(&mut self, body_len: usize) -> Result<()> {
+    fn commit(&mut self, payload_len: u64) -> Result<()> {
         let shared = self.shared;
         let (worker, attempt) = self.worker.expect("authenticated");
         let mut head = [0u8; p::COMMIT_HEAD_LEN];
@@ -537,6 +564,17 @@ impl<'a> Session<'a> {
         // The whole frame is read before anything is checked or applied.
         self.conn.read_exact(&mut head)?;
         let head = p::decode_commit_head(&head)?;
+        let body_len = head.body_len(payload_len)?;
+        if self.commit_codec == Codec::None && body_len != 4 * self.received.len() {
+            return Err(Error::protocol(format!(
+                "a commit's vector must be {} bytes, got {body_len}",
+                4 * self.received.len()
+            )));
+        }
+        let mut logs = [0u8; 4 * p::MAX_LOGS];
+        let logs = &mut logs[..head.logs_len()];
+        self.conn.read_exact(logs)?;
+        let progress = head.progress(logs);
         let dense = self.commit_codec == Codec::None || head.flags & p::DENSE != 0;
         let max_abs = if dense && body_len == 4 * self.received.len() {
             p::read_finite(&mut self.conn.stream, &mut self.received)?.ok_or_else(|| {
@@ -561,10 +599,9 @@ impl<'a> Session<'a> {
             Ok(applied) => {
                 shared
                     .counters
-                    .worker_committed(worker, applied.staleness, head.progress);
-                let mut reply_head = [0u8; 16];
-                reply_head[..8].copy_from_slice(&applied.clock.to_le_bytes());
-                reply_head[8..].copy_from_slice(&applied.staleness.to_le_bytes());
+                    .worker_committed(worker, applied.staleness, &progress);
+                // Read now: a sync reply carries what the driver set while the round was open.
+                let reply_head = p::encode_committed(applied, shared.control());
                 let values: &[f32] = if shared.centre.rule().replies_with_vector() {
                     &self.sent
                 } else {

@@ -22,6 +22,7 @@ macro_rules! counters {
         pub struct Counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
             workers: Mutex<BTreeMap<u32, WorkerStats>>,
+            epochs: Mutex<BTreeMap<u32, EpochStats>>,
         }
 
         /// The counters at one moment, with the centre's clock and every worker's statistics.
@@ -72,7 +73,7 @@ counters! {
     timeouts,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WorkerStats {
     pub connected: u32,
     pub commits: u64,
@@ -80,9 +81,64 @@ pub struct WorkerStats {
     pub last_staleness: u64,
     pub max_staleness: u64,
     pub staleness_sum: u64,
-    /// As the worker last reported it with a commit.
+    /// As the worker last reported it with an applied commit.
     pub samples: u64,
+    pub epoch: u32,
+    /// The first logs value of its last applied commit (its window's mean loss); NaN if none.
     pub loss: f32,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            connected: 0,
+            commits: 0,
+            pulls: 0,
+            last_staleness: 0,
+            max_staleness: 0,
+            staleness_sum: 0,
+            samples: 0,
+            epoch: 0,
+            loss: f32::NAN,
+        }
+    }
+}
+
+/// One epoch's logs over every worker: each value weighted by the samples of the window it
+/// was reported for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochStats {
+    /// Window samples of the epoch's applied commits, all workers together.
+    pub samples: u64,
+    /// Per logs value: the sum of value × window samples...
+    pub sums: Vec<f64>,
+    /// ...and the samples whose value was finite (a non-finite value is left out of its mean).
+    pub counted: Vec<u64>,
+}
+
+impl EpochStats {
+    /// Each logs value's mean over the epoch's samples; NaN where none was finite.
+    pub fn means(&self) -> Vec<f64> {
+        self.sums
+            .iter()
+            .zip(&self.counted)
+            .map(|(&sum, &n)| if n == 0 { f64::NAN } else { sum / n as f64 })
+            .collect()
+    }
+
+    fn add(&mut self, samples: u64, logs: &[f32]) {
+        self.samples += samples;
+        if self.sums.len() < logs.len() {
+            self.sums.resize(logs.len(), 0.0);
+            self.counted.resize(logs.len(), 0);
+        }
+        for (k, v) in logs.iter().enumerate() {
+            if v.is_finite() {
+                self.sums[k] += f64::from(*v) * samples as f64;
+                self.counted[k] += samples;
+            }
+        }
+    }
 }
 
 /// One value of a worker's statistics.
@@ -92,8 +148,10 @@ pub enum Stat {
     Real(f64),
 }
 
+const WORKER_FIELDS: usize = 9;
+
 /// The names of `WorkerStats::fields`, in order.
-pub fn worker_stats_fields() -> [&'static str; 8] {
+pub fn worker_stats_fields() -> [&'static str; WORKER_FIELDS] {
     WorkerStats::default().fields().map(|(name, _)| name)
 }
 
@@ -107,7 +165,7 @@ impl WorkerStats {
     }
 
     /// What the server shows of one worker, named and in order.
-    pub fn fields(&self) -> [(&'static str, Stat); 8] {
+    pub fn fields(&self) -> [(&'static str, Stat); WORKER_FIELDS] {
         use Stat::{Count, Real};
         [
             ("connected", Count(self.connected.into())),
@@ -117,6 +175,7 @@ impl WorkerStats {
             ("max_staleness", Count(self.max_staleness)),
             ("mean_staleness", Real(self.mean_staleness())),
             ("samples", Count(self.samples)),
+            ("epoch", Count(self.epoch.into())),
             ("loss", Real(self.loss.into())),
         ]
     }
@@ -158,7 +217,9 @@ impl Counters {
         self.workers.lock().entry(worker).or_default().pulls += 1;
     }
 
-    pub fn worker_committed(&self, worker: u32, staleness: u64, progress: Progress) {
+    /// Counts an applied commit and adds its window to its epoch's logs. The window's samples
+    /// are what the worker reported beyond its previous commit, on any attempt.
+    pub fn worker_committed(&self, worker: u32, staleness: u64, progress: &Progress) {
         bump(&self.commits, 1);
         let mut workers = self.workers.lock();
         let w = workers.entry(worker).or_default();
@@ -166,8 +227,23 @@ impl Counters {
         w.last_staleness = staleness;
         w.max_staleness = w.max_staleness.max(staleness);
         w.staleness_sum += staleness;
+        let window = progress.samples.saturating_sub(w.samples);
         w.samples = progress.samples;
-        w.loss = progress.loss;
+        w.epoch = progress.epoch;
+        w.loss = progress.logs.first().copied().unwrap_or(f32::NAN);
+        drop(workers);
+        if window > 0 {
+            let mut epochs = self.epochs.lock();
+            epochs
+                .entry(progress.epoch)
+                .or_default()
+                .add(window, &progress.logs);
+        }
+    }
+
+    /// Every epoch's logs so far, by epoch.
+    pub fn epochs(&self) -> BTreeMap<u32, EpochStats> {
+        self.epochs.lock().clone()
     }
 
     /// The samples `worker` reported with its last applied commit (0 if none).
@@ -220,10 +296,11 @@ mod tests {
         counters.worker_connected(1, 1);
         let progress = Progress {
             samples: 64,
-            loss: 0.25,
+            epoch: 3,
+            logs: vec![0.25, 0.5],
         };
-        counters.worker_committed(1, 2, progress);
-        counters.worker_committed(1, 4, progress);
+        counters.worker_committed(1, 2, &progress);
+        counters.worker_committed(1, 4, &progress);
         let w = counters.snapshot(0).workers[&1];
         assert_eq!(w.fields().map(|(name, _)| name), worker_stats_fields());
         assert_eq!(
@@ -236,6 +313,7 @@ mod tests {
                 "max_staleness",
                 "mean_staleness",
                 "samples",
+                "epoch",
                 "loss",
             ]
         );
@@ -243,6 +321,51 @@ mod tests {
         assert_eq!(f[1].1, Stat::Count(2));
         assert_eq!(f[4].1, Stat::Count(4));
         assert_eq!(f[5].1, Stat::Real(3.0));
-        assert_eq!(f[7].1, Stat::Real(0.25));
+        assert_eq!(f[7].1, Stat::Count(3));
+        assert_eq!(f[8].1, Stat::Real(0.25));
+        // The second commit reported no new samples: only the first one's window counts.
+        assert_eq!(counters.epochs()[&3].samples, 64);
+        counters.worker_connected(2, 1);
+        let loss = counters.snapshot(0).workers[&2].fields()[8].1;
+        assert!(matches!(loss, Stat::Real(x) if x.is_nan()));
+    }
+
+    #[test]
+    fn epoch_means_weigh_each_window_by_its_samples() {
+        let counters = Counters::default();
+        let commit = |worker, samples, epoch, logs: &[f32]| {
+            let logs = logs.to_vec();
+            let progress = Progress {
+                samples,
+                epoch,
+                logs,
+            };
+            counters.worker_committed(worker, 0, &progress);
+        };
+        // Worker 0: 10 samples at loss 1, then 30 more at loss 2 with a metric of 0.5.
+        commit(0, 10, 0, &[1.0]);
+        commit(0, 40, 0, &[2.0, 0.5]);
+        // Worker 1: 20 samples whose loss was NaN (left out of the loss, counted in samples).
+        commit(1, 20, 0, &[f32::NAN, 0.25]);
+        // Worker 1's task is retried: its new attempt goes on from 20 samples.
+        commit(1, 30, 1, &[4.0]);
+        // A commit that trained nothing (a flush) adds nothing.
+        commit(1, 30, 1, &[100.0]);
+        let epochs = counters.epochs();
+        assert_eq!(epochs.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        let e0 = &epochs[&0];
+        assert_eq!((e0.samples, e0.counted.clone()), (60, vec![40, 50]));
+        let means = e0.means();
+        assert!((means[0] - (10.0 + 60.0) / 40.0).abs() < 1e-12, "{means:?}");
+        assert!((means[1] - (15.0 + 5.0) / 50.0).abs() < 1e-12, "{means:?}");
+        assert_eq!((epochs[&1].samples, epochs[&1].means()), (10, vec![4.0]));
+        let w1 = counters.snapshot(0).workers[&1];
+        assert_eq!((w1.samples, w1.epoch, w1.loss), (30, 1, 100.0));
+        let only_nan = EpochStats {
+            samples: 5,
+            sums: vec![0.0],
+            counted: vec![0],
+        };
+        assert!(only_nan.means()[0].is_nan());
     }
 }

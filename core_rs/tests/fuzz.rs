@@ -77,6 +77,10 @@ proptest! {
         let n = bytes.len().min(p::COMMIT_HEAD_LEN);
         c[..n].copy_from_slice(&bytes[..n]);
         let _ = p::decode_commit_head(&c);
+        let mut r = [0u8; p::COMMITTED_HEAD_LEN];
+        let n = bytes.len().min(p::COMMITTED_HEAD_LEN);
+        r[..n].copy_from_slice(&bytes[..n]);
+        let _ = p::decode_committed(&r);
         let mut k = [0u8; 8];
         let n = bytes.len().min(8);
         k[..n].copy_from_slice(&bytes[..n]);

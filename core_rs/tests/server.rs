@@ -269,8 +269,10 @@ fn a_retried_attempt_supersedes_the_old_one() {
     assert_eq!(old.resume_samples(), 0);
     old.set_progress(p::Progress {
         samples: 96,
-        loss: 0.5,
-    });
+        epoch: 0,
+        logs: vec![0.5],
+    })
+    .unwrap();
     old.commit(&[1.0; 4], None).unwrap();
     let mut new = connect_attempt(&server, &layout, 3, 1).unwrap();
     // The retry learns how far the old attempt's applied commits went.
@@ -286,6 +288,144 @@ fn a_retried_attempt_supersedes_the_old_one() {
     let mut out = [0.0; 4];
     assert_eq!(new.pull(&mut out).unwrap(), 2);
     assert_eq!(out, [2.0; 4]);
+}
+
+#[test]
+fn commits_carry_epochs_and_logs_and_replies_carry_the_control_block() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
+    let progress = |samples, epoch, logs: &[f32]| p::Progress {
+        samples,
+        epoch,
+        logs: logs.to_vec(),
+    };
+    let mut a = connect(&server, &layout, 0);
+    let mut b = connect(&server, &layout, 1);
+    assert_eq!(a.control(), p::Control::default());
+    a.set_progress(progress(10, 0, &[1.0, 0.5])).unwrap();
+    a.commit(&[1.0; 4], None).unwrap();
+    server.set_control(p::Control {
+        stop: false,
+        learning_rate: Some(0.01),
+    });
+    b.set_progress(progress(30, 0, &[3.0, 0.25])).unwrap();
+    b.commit(&[1.0; 4], None).unwrap();
+    assert_eq!(b.control().learning_rate, Some(0.01));
+    // Worker 0's retry goes on from its 10 samples; its first window is 20 more, in epoch 1.
+    drop(a);
+    let mut retry = connect_attempt(&server, &layout, 0, 1).unwrap();
+    assert_eq!(retry.resume_samples(), 10);
+    retry.set_progress(progress(30, 1, &[2.0])).unwrap();
+    server.set_control(p::Control {
+        stop: true,
+        learning_rate: None,
+    });
+    retry.commit(&[1.0; 4], None).unwrap();
+    assert!(retry.control().stop && retry.control().learning_rate.is_none());
+
+    let epochs = server.epochs();
+    assert_eq!((epochs[&0].samples, epochs[&1].samples), (40, 20));
+    assert_eq!(
+        epochs[&0].means(),
+        [(10.0 + 90.0) / 40.0, (5.0 + 7.5) / 40.0]
+    );
+    assert_eq!(epochs[&1].means(), [2.0]);
+    let w0 = server.stats().workers[&0];
+    assert_eq!((w0.samples, w0.epoch, w0.loss), (30, 1, 2.0));
+
+    // Too many logs: refused on the client, before anything is sent.
+    let err = retry
+        .set_progress(progress(40, 1, &[0.0; p::MAX_LOGS + 1]))
+        .unwrap_err();
+    assert!(err.to_string().contains("MAX_LOGS"), "{err}");
+}
+
+#[test]
+fn sync_rounds_flushes_and_refusals_follow_the_control_block() {
+    let (server, layout) = start(
+        Rule::Sync {
+            workers: 2,
+            scale: 1.0,
+        },
+        &[0.0; 4],
+    );
+    let stop = p::Control {
+        stop: true,
+        learning_rate: Some(0.5),
+    };
+    server.set_control(stop);
+    let other = {
+        let (addr, layout) = (server.addr().to_string(), layout.clone());
+        thread::spawn(move || {
+            let mut c = Client::connect(&addr, SECRET, &layout, 1, 0, Duration::from_secs(5), None)
+                .unwrap();
+            c.commit(&[1.0; 4], Some(&mut [0.0; 4])).unwrap();
+            c.control()
+        })
+    };
+    let mut c = connect(&server, &layout, 0);
+    c.commit(&[1.0; 4], Some(&mut [0.0; 4])).unwrap();
+    assert_eq!((c.control(), other.join().unwrap()), (stop, stop));
+
+    // A dense flush's reply carries it too; a refused commit records nothing of its logs.
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
+    let progress = p::Progress {
+        samples: 8,
+        epoch: 0,
+        logs: vec![1.0],
+    };
+    let mut stale = connect(&server, &layout, 1);
+    stale.set_progress(progress.clone()).unwrap();
+    let _retry = connect_attempt(&server, &layout, 1, 1).unwrap();
+    assert!(stale.commit(&[1.0; 4], None).is_err());
+    assert!(server.epochs().is_empty());
+    let mut c = connect_with(&server, &layout, 0, "int8", "none").unwrap();
+    c.set_progress(progress).unwrap();
+    c.commit(&[0.3, 0.001, 0.0, 0.0], None).unwrap();
+    server.set_control(stop);
+    assert!(c.flush().unwrap().is_some());
+    assert_eq!(c.control(), stop);
+    assert_eq!(server.epochs()[&0].samples, 8);
+}
+
+#[test]
+fn a_commit_with_too_many_logs_is_a_protocol_error() {
+    let (server, _layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
+    let mut raw = TcpStream::connect(server.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut challenge = [0u8; p::HEADER_LEN + p::NONCE_LEN];
+    raw.read_exact(&mut challenge).unwrap();
+    let server_nonce: [u8; p::NONCE_LEN] = challenge[p::HEADER_LEN..].try_into().unwrap();
+    let mut hello = p::Hello {
+        worker_id: 0,
+        attempt: 0,
+        client_nonce: [3; p::NONCE_LEN],
+        layout_hash: *Layout::flat(4).unwrap().hash(),
+        codecs: [0; 8],
+        mac: [0; p::MAC_LEN],
+    };
+    hello.mac = p::hello_mac(SECRET, &server_nonce, &hello);
+    p::write_frame(&mut raw, Op::Hello, &hello.encode(), &[]).unwrap();
+    let welcome = p::read_header(&mut raw, p::SMALL_FRAME).unwrap();
+    assert_eq!(welcome.op, Op::Welcome);
+    raw.read_exact(&mut vec![0; welcome.len as usize]).unwrap();
+    let n_logs = p::MAX_LOGS + 1;
+    let mut head = p::encode_commit_head(0, 0, 1, 0, &p::Progress::default());
+    head[36..38].copy_from_slice(&(n_logs as u16).to_le_bytes());
+    // Only the head: the server refuses it before reading on (nothing unread to reset the socket).
+    let len = (p::COMMIT_HEAD_LEN + 4 * n_logs) as u64;
+    raw.write_all(&p::encode_header(Op::Commit, len)).unwrap();
+    raw.write_all(&head).unwrap();
+    let reply = p::read_header(&mut raw, p::SMALL_FRAME).unwrap();
+    assert_eq!(reply.op, Op::Error);
+    let mut payload = vec![0; reply.len as usize];
+    raw.read_exact(&mut payload).unwrap();
+    let err = p::decode_error(&payload);
+    assert!(
+        matches!(&err, Error::Protocol(m) if m.contains("at most 32")),
+        "{err}"
+    );
+    assert_eq!(server.stats().commits, 0);
+    assert!(server.epochs().is_empty());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 """One training run, on the driver: plan it (the plugin and its options resolved once, the data
-and the model checked once), start the parameter server with the model's weights as the centre,
-run one Spark task per worker (`executor.run_worker`, a barrier stage for synchronous
-optimizers), and collect the trained model, the history and the server's statistics."""
+and the model checked once, the model's compile config settled), start the parameter server with
+the model's weights as the centre, run one Spark task per worker (`executor.run_worker`, a
+barrier stage for synchronous optimizers) while Keras callbacks see the cluster's epochs
+(`epochs.Epochs`), and collect the trained model, its History and the server's statistics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
 from distkeras_plus.data.storage import model_bytes, save_model_file
 from distkeras_plus.data.tables import Prepared, check_model, default_loss, prepare, read
+from distkeras_plus.data.tables import arrays as tables_arrays
 from distkeras_plus.errors import SettingError, TrainingError, exception_line
 from distkeras_plus.plugins import registry
 from distkeras_plus.plugins.spec import OptimizerSpec, RuleChoice
@@ -30,16 +32,21 @@ from distkeras_plus.ps.serve import new_secret
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.settings import RunConfig
 from distkeras_plus.spark import session
+from distkeras_plus.spark.epochs import Epochs, log_names
 from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
 from distkeras_plus.worker import compiling
 
 
 @dataclass
 class TrainResult:
-    """The trained model, each worker's history and the parameter server's statistics."""
+    """The trained model (compiled as the workers were), its per-epoch History, each worker's
+    history and the parameter server's statistics."""
 
     model: Any
-    history: list[dict[str, Any]]
+    #: A `keras.callbacks.History`: `.history` maps each log name to one value per epoch.
+    history: Any
+    #: Each worker's rows: one per commit (per epoch, for optimizers that commit once), by time.
+    worker_history: list[dict[str, Any]] = field(default_factory=list)
     ps_stats: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     samples: int = 0
@@ -66,14 +73,14 @@ class Decisions:
     rule: RuleChoice | None
     workers: int
     codec: str
-    worker_optimizer: Any
+    default_optimizer: Any  # the plugin's, for a model that is not compiled
 
 
 @dataclass(frozen=True)
 class Plan(Decisions):
     """What a run will do, decided on the driver before anything starts."""
 
-    loss: Any
+    compiled: dict[str, Any]  # the compile config every worker uses (Keras' own form)
     data: Prepared
 
 
@@ -85,8 +92,8 @@ def decide(config: RunConfig, with_keras: bool = True) -> Decisions:
     options = spec.parse_options(config.options)
     codec = Codec(config.codec or spec.codec)
     workers = 1 if spec.single_partition else config.workers
-    worker_optimizer = config.worker_optimizer or spec.worker_optimizer_for(options)
-    compiling.check(config.loss, config.metrics, worker_optimizer, with_keras)
+    default_optimizer = spec.worker_optimizer_for(options)
+    compiling.check(config.loss, config.metrics, config.worker_optimizer or default_optimizer, with_keras)
     rule = spec.rule_for(options, workers)
     if rule is not None and rule.name == "elastic" and not codec.elastic_capable:
         raise SettingError(
@@ -95,13 +102,21 @@ def decide(config: RunConfig, with_keras: bool = True) -> Decisions:
         )
     if config.checkpoint_dir is not None and rule is None:
         raise SettingError(f"{spec.name} trains without a parameter server: there is nothing to checkpoint")
-    return Decisions(config, spec, options, rule, workers, codec.name, worker_optimizer)
+    return Decisions(config, spec, options, rule, workers, codec.name, default_optimizer)
 
 
-def plan(df: Any, model: Any, config: RunConfig, prepared: Prepared | None = None) -> Plan:
+def plan(
+    df: Any, model: Any, config: RunConfig, prepared: Prepared | None = None, watched: bool = False
+) -> Plan:
     """`decide`, then the checks against the cluster and the data: one Spark aggregation checks
-    the data (`prepared`, when given, is its result already) and the model's shapes against it."""
+    the data (`prepared`, when given, is its result already) and the model's shapes against it.
+    `watched`: the run has callbacks or validation data, which need a parameter server."""
     decided = decide(config)
+    if watched and decided.rule is None:
+        raise SettingError(
+            f"{decided.spec.name} trains without a parameter server, so the driver sees no epochs: "
+            "callbacks and validation need an optimizer that has one"
+        )
     if decided.spec.synchronous:
         slots = session.task_slots(df.sparkSession)
         if decided.workers > slots:
@@ -111,8 +126,11 @@ def plan(df: Any, model: Any, config: RunConfig, prepared: Prepared | None = Non
             )
     data = prepared or prepare(df, config.features, config.label)
     check_model(model, data, config.label)
-    loss = default_loss(data.columns.one_hot) if config.loss is None else config.loss
-    return Plan(**vars(decided), loss=loss, data=data)
+    defaults = (decided.default_optimizer, default_loss(data.columns.one_hot))
+    compiled = compiling.resolve(
+        model, config.loss, config.metrics, config.worker_optimizer, config.learning_rate, defaults
+    )
+    return Plan(**vars(decided), compiled=compiled, data=data)
 
 
 def train(
@@ -124,16 +142,25 @@ def train(
     resume: Checkpoint | None = None,
     record: Mapping[str, Any] | None = None,
     prepared: Prepared | None = None,
+    callbacks: Sequence[Any] = (),
+    validation: Any = None,
 ) -> TrainResult:
     """Trains `model` on `df` as `config` says; see `distkeras_plus.train`.
 
     `progress`, when given, is called about once a second from another thread with what the
     parameter server knows of the run so far (see `progress_of`). `record` is what checkpoints
-    keep of the run's configuration (default: `config`). `prepared`: `df` already prepared."""
+    keep of the run's configuration (default: `config`). `prepared`: `df` already prepared.
+    `callbacks` are Keras callbacks; `validation` a DataFrame or path they are judged on."""
     if isinstance(df, str | Path):
         df = read(session.local_session(config.workers), df, config.features, config.label)
-    p = plan(df, model, config, prepared)
+    if validation is None and config.validation_split > 0:
+        df, validation = df.randomSplit([1 - config.validation_split, config.validation_split], config.seed)
+        prepared = None  # it was of the whole
+    callbacks = [*callbacks, *_named_callbacks(config, validation is not None)]
+    p = plan(df, model, config, prepared, watched=bool(callbacks) or validation is not None)
     spark = df.sparkSession
+    held_out = validation_arrays(spark, validation, model, config) if validation is not None else None
+    compiling.compile_model(model, p.compiled)
     flat = FlatWeights.from_arrays(model.get_weights())
     start_clock, epochs_before = 0, 0
     if resume is not None:
@@ -142,9 +169,8 @@ def train(
         model.set_weights(flat.views)
         start_clock, epochs_before = resume.clock, min(resume.epochs_done, config.epochs)
     if epochs_before == config.epochs:
-        return TrainResult(
-            model=model, history=[], num_workers=p.workers, optimizer=p.spec.name, options=p.options
-        )
+        history = _history(model)
+        return TrainResult(model, history, num_workers=p.workers, optimizer=p.spec.name, options=p.options)
     checkpointer = None
     if config.checkpoint_dir is not None:
         folder = Folder(config.checkpoint_dir, spark)
@@ -162,6 +188,7 @@ def train(
     server = None
     secret = new_secret()
     started = time.perf_counter()
+    compiled, epochs = p.compiled, None
     try:
         address = None
         if p.rule is not None:
@@ -172,14 +199,18 @@ def train(
             )
             server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=config.timeout)
             address = f"{host}:{server.port}"
+            epochs = _epochs(p, model, server, flat, callbacks, held_out, epochs_before)
+            rate = epochs.begin()
+            if rate is not None:  # a schedule's first epoch: the workers start with its rate
+                compiled = compiling.with_learning_rate(compiled, rate)
+                server.set_control(stop=False, learning_rate=rate)
         cores = os.cpu_count() or 1
         cfg = WorkerConfig(
             optimizer=p.spec.name,
             options=p.options,
             model=model_bytes(model),
-            loss=p.loss,
-            metrics=list(config.metrics),
-            worker_optimizer=p.worker_optimizer,
+            compiled=compiled,
+            log_names=epochs.names if epochs is not None else [],
             batch_size=config.batch_size,
             epochs=config.epochs - epochs_before,
             start_clock=start_clock,
@@ -194,7 +225,7 @@ def train(
             in_memory_mb=config.in_memory_mb,
             threads=max(1, cores // p.workers) if session.is_local(spark) else 1,
         )
-        rows = _run_stage(p, cfg, server, started, progress, checkpointer)
+        rows = _run_stage(p, cfg, server, started, progress, checkpointer, epochs)
         seconds = time.perf_counter() - started
         ps_stats: dict[str, Any] = {}
         if server is not None:
@@ -202,18 +233,21 @@ def train(
             ps_stats = server.stats()
             if checkpointer is not None:
                 checkpointer.write(server, config.epochs)
-            model.set_weights(FlatWeights(flat.layout, server.centre.to_numpy()).views)
+        if epochs is not None:
+            epochs.finish()  # the model holds the centre (or, stopped early, the epoch it stopped at)
         if progress is not None:
             progress(progress_of(ps_stats, seconds))  # the last word, however short the run
         if p.spec.combine is not None:
             model = p.spec.combine(model, [r["result"] for r in sorted(rows, key=lambda r: r["worker"])])
+            compiling.compile_model(model, p.compiled)
     finally:
         if server is not None:
             server.stop()
-    history = sorted((row for r in rows for row in json.loads(r["history"])), key=lambda h: h["time"])
+    worker_history = sorted((row for r in rows for row in json.loads(r["history"])), key=lambda h: h["time"])
     return TrainResult(
         model=model,
-        history=history,
+        history=_history(model) if epochs is None else epochs.history,
+        worker_history=worker_history,
         ps_stats=ps_stats,
         seconds=seconds,
         samples=sum(r["samples"] for r in rows),
@@ -226,6 +260,67 @@ def train(
         worker_peak_rss=[r["peak_rss"] for r in sorted(rows, key=lambda r: r["worker"])],
         spilled_bytes=sum(r["spilled"] for r in rows),
     )
+
+
+def _epochs(
+    p: Plan,
+    model: Any,
+    server: ParameterServer,
+    flat: FlatWeights,
+    callbacks: Sequence[Any],
+    validation: Any,
+    first: int,
+) -> Epochs:
+    import keras
+
+    config = p.config
+    steps = math.ceil(p.data.rows / config.batch_size)
+    chosen = keras.callbacks.CallbackList(
+        list(callbacks), add_history=True, model=model, epochs=config.epochs, steps=steps, verbose=0
+    )
+    names = log_names(model, p.data.columns.one_hot, p.data.classes)
+    return Epochs(
+        model,
+        server,
+        flat.layout,
+        chosen,
+        names,
+        validation,
+        workers=p.workers,
+        first=first,
+        epochs=config.epochs - first,
+        batch_size=config.batch_size,
+    )
+
+
+def _named_callbacks(config: RunConfig, validated: bool) -> list[Any]:
+    """The callbacks the settings ask for."""
+    if config.early_stopping is None:
+        return []
+    import keras
+
+    monitor = config.monitor or ("val_loss" if validated else "loss")
+    return [keras.callbacks.EarlyStopping(monitor, patience=config.early_stopping, restore_best_weights=True)]
+
+
+def _history(model: Any) -> Any:
+    """An empty History, for a run whose epochs the driver did not see."""
+    import keras
+
+    history = keras.callbacks.History()
+    history.set_model(model)
+    return history
+
+
+def validation_arrays(spark: Any, validation: Any, model: Any, config: RunConfig) -> tuple[Any, Any]:
+    """The validation data (a DataFrame or a path), checked as the training data is, as arrays
+    on the driver: it is evaluated there at every epoch's end while the workers go on."""
+    if isinstance(validation, str | Path):
+        validation = read(spark, validation, config.features, config.label)
+    data = prepare(validation, config.features, config.label)
+    check_model(model, data, config.label)
+    (batch,) = data.df.toArrow().combine_chunks().to_batches()
+    return tables_arrays(batch, data.columns.num_features, data.columns.one_hot)
 
 
 class _Reported:
@@ -245,10 +340,12 @@ def _run_stage(
     started: float,
     progress: Callable[[dict[str, Any]], None] | None,
     checkpointer: Checkpointer | None,
+    epochs: Epochs | None = None,
 ) -> list[Any]:
     """One task per worker, watched; a failure is the failing worker's own error, in one line.
     A worker's error that a retry would meet again reaches the driver with its task's end (an
-    accumulator), and the driver cancels the stage then, rather than when every worker is done."""
+    accumulator), and the driver cancels the stage then, rather than when every worker is done.
+    A callback's own error stops the run too, and is raised as it is."""
     sc = p.data.df.sparkSession.sparkContext
     reported = sc.accumulator([], _Reported())
     group = f"distkeras-plus-{uuid.uuid4().hex}"
@@ -264,7 +361,7 @@ def _run_stage(
         error.ps_address = cfg.ps_address
         return error
 
-    watching = _watch(server, started, progress, checkpointer, lambda: bool(reported.value), group)
+    watch = _Watch(server, started, progress, checkpointer, epochs, lambda: bool(reported.value), group)
     try:
         sc.setJobGroup(group, "distkeras-plus training", interruptOnCancel=True)
         data = p.data.df.repartition(p.workers)
@@ -275,10 +372,15 @@ def _run_stage(
             results = results.repartition(1)
         rows = list(results.collect())
     except Exception as e:
+        watch.stop()
+        if watch.error is not None:
+            raise watch.error from None
         raise failed(reported.value[0] if reported.value else exception_line(str(e))) from e
     finally:
-        watching.set()
+        watch.stop()
         sc.setLocalProperty("spark.jobGroup.id", None)
+    if watch.error is not None:
+        raise watch.error
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
         raise failed(errors[0])
@@ -301,34 +403,61 @@ def progress_of(stats: Mapping[str, Any] | None, seconds: float) -> dict[str, An
     }
 
 
-def _watch(
-    server: ParameterServer | None,
-    started: float,
-    progress: Callable[[dict[str, Any]], None] | None,
-    checkpointer: Checkpointer | None,
-    failed: Callable[[], bool],
-    group: str,
-) -> threading.Event:
-    """Once a second until the returned event is set: reports progress, writes checkpoints, and
-    cancels the job group once a worker has `failed`."""
-    done = threading.Event()
+class _Watch:
+    """Until `stop`, on a thread of its own: reports progress and writes checkpoints about once a
+    second, ends the epochs the workers have left behind (their callbacks run here), and cancels
+    the job group once a worker has `failed` or a callback raised (kept in `error`)."""
 
-    def loop() -> None:
-        while not done.wait(1.0):
-            if failed():
-                from pyspark import SparkContext
+    def __init__(
+        self,
+        server: ParameterServer | None,
+        started: float,
+        progress: Callable[[dict[str, Any]], None] | None,
+        checkpointer: Checkpointer | None,
+        epochs: Epochs | None,
+        failed: Callable[[], bool],
+        group: str,
+    ) -> None:
+        self.server, self.started, self.progress = server, started, progress
+        self.checkpointer, self.epochs, self.failed, self.group = checkpointer, epochs, failed, group
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="dk-progress", daemon=True)
+        self.thread.start()
 
-                if (sc := SparkContext._active_spark_context) is not None:
-                    sc.cancelJobGroup(group)
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _cancel(self) -> None:
+        from pyspark import SparkContext
+
+        if (sc := SparkContext._active_spark_context) is not None:
+            sc.cancelJobGroup(self.group)
+
+    def _loop(self) -> None:
+        server, shown = self.server, 0.0
+        # Epochs are looked at four times a second: the callbacks' decisions reach the workers
+        # sooner. Progress and checkpoints stay at about once a second.
+        while not self.done.wait(0.25 if self.epochs is not None else 1.0):
+            if self.failed():
+                self._cancel()
                 return
             stats = server.stats() if server else None
-            if progress is not None:
-                progress(progress_of(stats, time.perf_counter() - started))
-            if checkpointer is not None and server is not None and stats is not None:
+            if self.epochs is not None and stats is not None:
                 try:
-                    checkpointer.tick(server, stats)
+                    self.epochs.poll(stats)
+                except Exception as e:  # the user's callback: raised on the driver's thread
+                    self.error = e
+                    self._cancel()
+                    return
+            if time.perf_counter() - shown < 0.95:
+                continue
+            shown = time.perf_counter()
+            if self.progress is not None:
+                self.progress(progress_of(stats, time.perf_counter() - self.started))
+            if self.checkpointer is not None and server is not None and stats is not None:
+                try:
+                    self.checkpointer.tick(server, stats)
                 except Exception as e:  # a full disk must not stop training; the next tick retries
                     warnings.warn(f"could not write a checkpoint: {e}", stacklevel=1)
-
-    threading.Thread(target=loop, name="dk-progress", daemon=True).start()
-    return done

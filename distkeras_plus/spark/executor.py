@@ -8,7 +8,7 @@ import json
 import os
 import resource
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from distkeras_plus.errors import (
 from distkeras_plus.plugins import registry
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.worker import Batches, WorkerContext, compiling, partition
+from distkeras_plus.worker.context import Stopped
 
 RESULT_SCHEMA = (
     "worker int, attempt int, samples long, steps long, history string, result binary, error string, "
@@ -44,9 +45,7 @@ class WorkerConfig:
     optimizer: str
     options: Mapping[str, Any]
     model: bytes  # the .keras archive
-    loss: Any
-    metrics: list[Any]
-    worker_optimizer: Any
+    compiled: dict[str, Any]  # Keras' compile config (`compiling.resolve`)
     batch_size: int
     epochs: int
     seed: int
@@ -60,6 +59,8 @@ class WorkerConfig:
     timeout: float = 600.0
     start_clock: int = 0  # the centre's clock when this run started (a resumed run's is not 0)
     in_memory_mb: int | None = None
+    #: The loss and metrics each commit reports, in this order (the driver's names for them).
+    log_names: list[str] = field(default_factory=list)
 
 
 def set_process_env(threads: int) -> None:
@@ -87,7 +88,7 @@ def build_context(
     model = model_from_bytes(cfg.model)
     data.input_shape = tuple(model.input_shape[1:])
     keras.utils.set_random_seed(cfg.seed + worker_id)
-    compiling.compile_model(model, cfg.loss, cfg.metrics, cfg.worker_optimizer)
+    compiling.compile_model(model, cfg.compiled)
     client = None
     if cfg.ps_address is not None:
         client = connect(
@@ -110,6 +111,7 @@ def build_context(
         client=client,
         all_gather=all_gather,
         start_clock=cfg.start_clock,
+        log_names=list(cfg.log_names),
         resume_samples=client.resume_samples if client is not None else 0,
     )
 
@@ -165,6 +167,8 @@ def run_worker(
         data = partition.load(batches, columns.num_features, columns.one_hot, cfg.batch_size, seed, limit)
         ctx = build_context(cfg, data, worker_id, attempt=ps_attempt, all_gather=all_gather)
         registry.get(cfg.optimizer).spec.worker(ctx)
+    except Stopped:
+        pass  # the driver's callbacks ended the run; what was trained is committed
     except RETRIED:
         raise
     except Exception as e:

@@ -23,7 +23,7 @@ def split_data(spark: Any, job: JobConfig) -> tuple[Any, Any | None, str]:
     """The training and test DataFrames and a name for the data.
 
     A folder holding `train.*` and `test.*` (what `dk datasets export` writes) gives both;
-    otherwise `test_data`, or a random `validation_split` of the data, is the test set."""
+    otherwise `test_data`, or a random `test_split` of the data, is the test set."""
     if job.data is None:
         ds = load(job.dataset, seed=job.seed)
         return ds.to_spark(spark), ds.to_spark(spark, "test"), job.dataset
@@ -35,9 +35,9 @@ def split_data(spark: Any, job: JobConfig) -> tuple[Any, Any | None, str]:
     train_df = read(spark, job.data, job.features, job.label)
     if job.test_data is not None:
         return train_df, read(spark, job.test_data, job.features, job.label), job.data
-    if job.validation_split <= 0:
+    if job.test_split <= 0:
         return train_df, None, job.data
-    train_df, test_df = train_df.randomSplit([1 - job.validation_split, job.validation_split], job.seed)
+    train_df, test_df = train_df.randomSplit([1 - job.test_split, job.test_split], job.seed)
     return train_df, test_df, job.data
 
 
@@ -89,6 +89,7 @@ def run_training(
         resume=resume,
         record=job.to_dict(),
         prepared=prepared,
+        validation=job.validation_data,
     )
     scores = (
         evaluate(
@@ -104,7 +105,8 @@ def run_training(
         "options": result.options,
         "data": data_name,
         "workers": result.num_workers,
-        "epochs": job.epochs,
+        "epochs": result.history.epoch[-1] + 1 if result.history.epoch else job.epochs,
+        "history": result.history.history,  # per epoch, as Keras' History holds it
         "samples": result.samples,
         "seconds": round(result.seconds, 3),
         "test_samples": scores.samples if scores else 0,
@@ -125,4 +127,4 @@ def run_training(
         "worker_peak_rss": result.worker_peak_rss,
         "spilled_bytes": result.spilled_bytes,
     }
-    return report, result.history
+    return report, result.worker_history

@@ -2,6 +2,10 @@
 Keras. The driver resolves them first, so that a typo is one line before Spark starts rather than
 an error from every executor.
 
+What a run names wins; what it leaves out comes from the model's own `compile()`, and then from the
+optimizer plugin's defaults (`resolve`). The result is Keras' own compile config (plain data), which
+the workers compile from and the trained model comes back compiled with.
+
 Importing Keras takes seconds, so the names Keras knows are kept in a small cache file, one per
 Keras version, written the first time they are resolved: a later run whose Keras is not imported
 yet finds a misspelt name there at once. Everything else is still resolved with Keras itself."""
@@ -26,14 +30,14 @@ _COMPILE_METRICS = ("accuracy", "acc", "crossentropy", "ce")
 _NOT_NAMES = {"get", "serialize", "deserialize", "legacy", "schedules"}
 
 
-def check(loss: Any, metrics: Sequence[Any], optimizer: Any, with_keras: bool = True) -> None:
+def check(loss: Any, metrics: Sequence[Any] | None, optimizer: Any, with_keras: bool = True) -> None:
     """Raises a one-line `SettingError` for a loss, metric or optimizer that Keras cannot resolve
     (no loss: the default, chosen from the labels). Without `with_keras`, only what the cache of
     names can tell, at once."""
     named = [
         *([("loss", loss)] if loss is not None else []),
-        *(("metric", m) for m in metrics if not (isinstance(m, str) and m.lower() in _COMPILE_METRICS)),
-        ("worker optimizer", optimizer),
+        *(("metric", m) for m in metrics or () if not (isinstance(m, str) and m.lower() in _COMPILE_METRICS)),
+        *([("worker optimizer", optimizer)] if optimizer is not None else []),
     ]
     known = _cached_names()
     if known is not None and "keras" not in sys.modules:
@@ -50,10 +54,43 @@ def check(loss: Any, metrics: Sequence[Any], optimizer: Any, with_keras: bool = 
         _resolve(what, identifier, modules[what])
 
 
-def compile_model(model: Any, loss: Any, metrics: Sequence[Any], optimizer: Any) -> None:
+def resolve(
+    model: Any,
+    loss: Any,
+    metrics: Sequence[Any] | None,
+    optimizer: Any,
+    learning_rate: float | None,
+    defaults: tuple[Any, Any],
+) -> dict[str, Any]:
+    """The compile config the workers use: `loss`, `metrics` and `optimizer` where given, else
+    the model's own where it is compiled, else `defaults` (the optimizer plugin's optimizer and
+    the loss the labels call for) and accuracy. `learning_rate` replaces the optimizer's."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.get(optimizer), loss=loss, metrics=list(metrics))
+    own = model.get_compile_config() if getattr(model, "compiled", False) else {}
+    default_optimizer, default_loss = defaults
+    chosen = optimizer if optimizer is not None else own.get("optimizer") or default_optimizer
+    loss = loss if loss is not None else own.get("loss") or default_loss
+    metrics = list(metrics) if metrics is not None else own.get("metrics") or ["accuracy"]
+    plain = keras.saving.serialize_keras_object  # names stay names; objects become configs
+    config = {
+        **own,
+        "optimizer": keras.optimizers.serialize(keras.optimizers.get(chosen)),
+        "loss": plain(loss),
+        "metrics": plain(metrics),
+    }
+    return config if learning_rate is None else with_learning_rate(config, learning_rate)
+
+
+def compile_model(model: Any, config: dict[str, Any]) -> None:
+    """Compiles `model` from a config `resolve` made."""
+    model.compile_from_config(config)
+
+
+def with_learning_rate(config: dict[str, Any], rate: float) -> dict[str, Any]:
+    """A copy of a compile config whose optimizer has this learning rate."""
+    optimizer = config["optimizer"]
+    return {**config, "optimizer": {**optimizer, "config": {**optimizer["config"], "learning_rate": rate}}}
 
 
 def _resolves(module: ModuleType, identifier: Any) -> bool:

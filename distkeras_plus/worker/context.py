@@ -21,6 +21,12 @@ from distkeras_plus.worker.steps import Steps
 
 F32 = npt.NDArray[np.float32]
 
+
+class Stopped(Exception):  # not an error: how a commit ends a worker's loop
+    """The driver asked the workers to stop (a callback set `model.stop_training`): raised by
+    `commit` once the commit is applied, so that any loop ends there, and the task cleanly."""
+
+
 #: The most mini-batches one call into the backend trains, and the most bytes of features it
 #: takes: enough for the call's own cost not to count, without copying a partition at once.
 CALL_STEPS, CALL_BYTES = 64, 32 << 20
@@ -45,6 +51,7 @@ class WorkerContext:
     client: Client | None = None
     all_gather: Callable[[str], list[str]] | None = None
     start_clock: int = 0  # the centre's clock when the run started
+    log_names: list[str] = field(default_factory=list)  # the logs each commit reports, in order
     resume_samples: int = 0  # what an earlier attempt of this task committed: not trained again
     result: bytes | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -54,9 +61,9 @@ class WorkerContext:
     samples: int = 0
     epoch: int = 0
     clock: int = 0
-    _loss_sum: float = 0.0  # the loss times the samples, since the last history row
-    _loss_samples: int = 0
-    _last_logs: dict[str, float] = field(default_factory=dict)
+    _log_sums: dict[str, float] = field(default_factory=dict)  # log x samples, since the last row
+    _log_samples: int = 0
+    _rate: float | None = None  # the learning rate the driver last set
 
     _skip: int = 0
 
@@ -96,9 +103,9 @@ class WorkerContext:
             self.steps += len(chunk)
             self.samples += samples
             done += len(chunk)
-            self._last_logs = logs
-            self._loss_sum += logs.get("loss", math.nan) * samples
-            self._loss_samples += samples
+            for name, value in logs.items():
+                self._log_sums[name] = self._log_sums.get(name, 0.0) + value * samples
+            self._log_samples += samples
         return done
 
     @staticmethod
@@ -109,8 +116,10 @@ class WorkerContext:
         room = max(1, min(CALL_STEPS, CALL_BYTES // max(1, first[0].nbytes)))
         return [first, *itertools.islice(batches, room - 1)]
 
-    def _mean_loss(self) -> float:
-        return self._loss_sum / self._loss_samples if self._loss_samples else math.nan
+    def _means(self) -> dict[str, float]:
+        """Each log's mean over the steps since the last history row."""
+        n = self._log_samples
+        return {name: total / n for name, total in self._log_sums.items()} if n else {}
 
     def model_weights(self) -> F32:
         """The model's current weights as one flat vector (a buffer reused between calls)."""
@@ -147,12 +156,32 @@ class WorkerContext:
     def commit(self, values: F32, out: F32 | None = None) -> tuple[int, int]:
         t = time.perf_counter()
         client = self._client()
-        client.set_progress(self.samples, self._mean_loss())
+        means = self._means()
+        names = self.log_names or ["loss"]
+        client.set_progress(self.samples, self.epoch, [means.get(n, math.nan) for n in names])
         clock, staleness = client.commit(np.ascontiguousarray(values, dtype=np.float32), out=out)
         self.comm_seconds += time.perf_counter() - t
         self.clock = clock
         self.record(staleness=staleness)
+        self._follow(client)
         return clock, staleness
+
+    def _learning_rate(self) -> float | None:
+        import keras
+
+        rate = getattr(self.model.optimizer, "_learning_rate", None)
+        if rate is None or isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            return None
+        return float(keras.ops.convert_to_numpy(rate))
+
+    def _follow(self, client: Client) -> None:
+        """What the driver said in the server's reply: a new learning rate, or stop."""
+        rate = client.learning_rate
+        if rate is not None and rate != self._rate:
+            self.model.optimizer.learning_rate = rate  # read by every later step, compiled or not
+            self._rate = rate
+        if client.stop_requested:
+            raise Stopped
 
     def flush(self) -> None:
         """Sends what a lossy codec's error feedback still holds back, densely. Not called by the
@@ -170,19 +199,20 @@ class WorkerContext:
 
     def record(self, **extra: Any) -> None:
         """Adds a history row for the steps since the last one."""
-        loss = self._mean_loss()
+        means = self._means()
         row = {
             "time": time.time(),
             "worker": self.worker_id,
             "epoch": self.epoch,
             "steps": self.steps,
             "samples": self.samples,
-            "loss": None if math.isnan(loss) else loss,
-            **{k: v for k, v in self._last_logs.items() if k != "loss"},
+            "loss": None,
+            **{k: (None if math.isnan(v) else v) for k, v in means.items()},
             "clock": self.clock,
+            "learning_rate": self._learning_rate(),
             "compute_seconds": self.compute_seconds,
             "comm_seconds": self.comm_seconds,
             **extra,
         }
         self.history.append(row)
-        self._loss_sum, self._loss_samples = 0.0, 0
+        self._log_sums, self._log_samples = {}, 0

@@ -93,14 +93,18 @@ def sync_loop(ctx: WorkerContext, window: int, alpha: float | None) -> None:
 
 
 def local_loop(ctx: WorkerContext) -> None:
-    """Plain training on the whole partition; the result is committed once at the end."""
+    """Plain training on the whole partition. With a parameter server, what each epoch changed is
+    committed at its end (so the driver sees the epochs); without one, the result is the model."""
     if ctx.client is not None:
         ctx.pull()
-    start = ctx.model_weights().copy()
+    committed = ctx.model_weights().copy()
     for epoch in range(ctx.epochs):
         ctx.train_steps(ctx.batches(epoch))
-        ctx.record()
-    if ctx.client is not None:
-        ctx.commit(ctx.model_weights() - start)
-    else:
+        if ctx.client is None:
+            ctx.record()
+            continue
+        weights = ctx.model_weights()
+        ctx.commit(weights - committed)
+        np.copyto(committed, weights)
+    if ctx.client is None:
         ctx.result = ctx.model_weights().tobytes()

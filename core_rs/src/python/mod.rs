@@ -132,6 +132,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let worker_fields = stats::worker_stats_fields();
     m.add("WORKER_STATS_FIELDS", PyTuple::new(py, worker_fields)?)?;
     m.add("PROTOCOL_VERSION", protocol::VERSION)?;
+    m.add("MAX_LOGS", protocol::MAX_LOGS)?;
     m.add_class::<objects::PyLayout>()?;
     m.add_class::<objects::PyCentre>()?;
     m.add_class::<objects::PyServer>()?;

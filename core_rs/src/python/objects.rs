@@ -16,7 +16,7 @@ use crate::client::{Client, ClientOptions};
 use crate::codec::Codec;
 use crate::error::{check_len, Error};
 use crate::layout::Layout;
-use crate::protocol::Progress;
+use crate::protocol::{Control, Progress};
 use crate::rules::Rule;
 use crate::server::{Server, ServerConfig};
 use crate::stats::Stat;
@@ -310,6 +310,38 @@ impl PyServer {
         })
     }
 
+    /// What every commit reply carries from now on, to every worker: `stop` asks them to end
+    /// their loop at that exchange, `learning_rate` (None: none set) is the rate their
+    /// optimizers use from their next window. Sets both.
+    #[pyo3(signature = (stop = false, learning_rate = None))]
+    fn set_control(&self, stop: bool, learning_rate: Option<f32>) -> PyResult<()> {
+        if learning_rate.is_some_and(|r| !r.is_finite() || r < 0.0) {
+            return Err(invalid(format!(
+                "learning_rate must be a finite number >= 0 or None, not {}",
+                learning_rate.unwrap_or_default()
+            )));
+        }
+        self.inner.set_control(Control {
+            stop,
+            learning_rate,
+        });
+        Ok(())
+    }
+
+    /// Each epoch's logs over every worker, by epoch: `samples` (the samples of its applied
+    /// commits' windows) and `means` (each logs value's mean, weighted by window samples, over
+    /// the samples for which it was finite; NaN where it never was).
+    fn epochs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (epoch, e) in self.inner.epochs() {
+            let ed = PyDict::new(py);
+            ed.set_item("samples", e.samples)?;
+            ed.set_item("means", e.means())?;
+            d.set_item(epoch, ed)?;
+        }
+        Ok(d)
+    }
+
     /// Counters (named as in `STATS_FIELDS`), then `workers`: each worker's statistics (named
     /// as in `WORKER_STATS_FIELDS`) by worker id.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -362,8 +394,9 @@ impl PyServer {
 pub struct PyClient {
     /// `None` once closed: closing drops the socket at once instead of when Python collects us.
     inner: Option<Client>,
-    /// Traffic totals, kept readable after close.
+    /// Traffic totals and the last control block, kept readable after close.
     closed_bytes: (u64, u64),
+    closed_control: Control,
 }
 
 impl PyClient {
@@ -371,6 +404,12 @@ impl PyClient {
         self.inner
             .as_mut()
             .ok_or_else(|| ServerClosedError::new_err("this client is closed"))
+    }
+    /// The control block of the latest commit reply, open or closed.
+    fn control(&self) -> Control {
+        self.inner
+            .as_ref()
+            .map_or(self.closed_control, Client::control)
     }
     fn get(&self) -> PyResult<&Client> {
         self.inner
@@ -411,6 +450,7 @@ impl PyClient {
         Ok(PyClient {
             inner: Some(client),
             closed_bytes: (0, 0),
+            closed_control: Control::default(),
         })
     }
 
@@ -471,12 +511,29 @@ impl PyClient {
         Ok((applied.clock, applied.staleness))
     }
 
-    /// What the next commits tell the server of this worker's training: samples so far and the
-    /// latest loss (NaN for none). The driver shows it as progress.
-    #[pyo3(signature = (samples, loss = f32::NAN))]
-    fn set_progress(&mut self, samples: u64, loss: f32) -> PyResult<()> {
-        self.open()?.set_progress(Progress { samples, loss });
-        Ok(())
+    /// What the next commits tell the server of this worker's training: samples so far, the
+    /// epoch, and the window's logs (mean loss first, then each metric's mean; at most
+    /// `MAX_LOGS`). The driver shows it as progress and averages the logs per epoch.
+    #[pyo3(signature = (samples, epoch = 0, logs = Vec::new()))]
+    fn set_progress(&mut self, samples: u64, epoch: u32, logs: Vec<f32>) -> PyResult<()> {
+        let progress = Progress {
+            samples,
+            epoch,
+            logs,
+        };
+        self.open()?.set_progress(progress).map_err(to_py)
+    }
+
+    /// Whether the latest commit reply asked this worker to stop (False before any).
+    #[getter]
+    fn stop_requested(&self) -> bool {
+        self.control().stop
+    }
+
+    /// The learning rate the latest commit reply carried (None before any, or if none is set).
+    #[getter]
+    fn learning_rate(&self) -> Option<f32> {
+        self.control().learning_rate
     }
 
     /// Sends what error feedback still holds back as one dense commit; `None` if nothing was owed.
@@ -501,6 +558,7 @@ impl PyClient {
         if let Some(mut client) = self.inner.take() {
             py.detach(|| client.close());
             self.closed_bytes = (client.bytes_in(), client.bytes_out());
+            self.closed_control = client.control();
         }
     }
 

@@ -1,0 +1,137 @@
+"""The cluster's epochs as Keras sees them, on the driver.
+
+Workers tell the parameter server their epoch and their window's loss and metrics with every
+commit; the server sums them per epoch. An epoch is done once every worker has committed in a
+later one (the last, once the training stage has ended). Then the driver's model takes the
+centre's weights, is evaluated on the validation data, and every Keras callback's
+`on_epoch_end(epoch, logs)` runs with `logs` the epoch's means over all the workers' steps and
+the `val_*` scores: `model.fit`'s meaning, for the cluster as a whole. What the callbacks decide
+(`model.stop_training`, a new learning rate) goes back to the workers in the server's replies.
+
+A window of local steps that spans an epoch's end counts in the next epoch; asynchronous workers
+are not in step, so the centre at an epoch's end may hold some of the next epoch's commits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from distkeras_plus.ps.weights import FlatWeights
+
+
+def log_names(model: Any, one_hot: bool, classes: int) -> list[str]:
+    """The names of the logs a worker sends, in the order it sends them (`ordered`): Keras' own
+    names for the compiled model's loss and metrics, found from one batch of zeros."""
+    x = np.zeros((1, *model.input_shape[1:]), np.float32)
+    y = np.zeros((1, classes), np.float32) if one_hot else np.zeros((1,), np.int32)
+    logs = model.test_on_batch(x, y, return_dict=True)
+    model.reset_metrics()
+    return ordered(logs)
+
+
+def ordered(logs: Any) -> list[str]:
+    """Log names in the order they travel: the loss first, then the rest by name."""
+    return sorted(logs, key=lambda k: (k != "loss", k))
+
+
+class Epochs:
+    """Runs `callbacks` (a `keras.callbacks.CallbackList`, History included) over the epochs of
+    one run, from the parameter server's statistics; `poll` is called while the workers train
+    (from one thread), `finish` once after they are done."""
+
+    def __init__(
+        self,
+        model: Any,
+        server: Any,
+        layout: Any,
+        callbacks: Any,
+        names: Sequence[str],
+        validation: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None,
+        *,
+        workers: int,
+        first: int,
+        epochs: int,
+        batch_size: int,
+    ) -> None:
+        import keras
+
+        self.model, self.server, self.layout, self.callbacks = model, server, layout, callbacks
+        self.history = next(c for c in callbacks.callbacks if isinstance(c, keras.callbacks.History))
+        self.names, self.validation = list(names), validation
+        self.workers, self.first, self.epochs, self.batch_size = workers, first, epochs, batch_size
+        self.done = 0  # epochs of this run whose end the callbacks have seen
+        self.stopped = False
+        self.learning_rate = current_learning_rate(model)
+
+    def begin(self) -> float | None:
+        """`on_train_begin` and the first `on_epoch_begin`; returns the learning rate the
+        workers start with when a callback changed it (a schedule's first epoch)."""
+        self.model.stop_training = False
+        if self.validation is not None:
+            # Keras traces its evaluation on a first call (seconds): done now, an epoch's end
+            # reaches the workers sooner.
+            x, y = self.validation
+            rows = 2 * self.batch_size + 1  # a full batch and a partial one
+            self.model.evaluate(x[:rows], y[:rows], batch_size=self.batch_size, verbose=0)
+        self.callbacks.on_train_begin()
+        self.callbacks.on_epoch_begin(self.first)
+        rate = current_learning_rate(self.model)
+        if rate != self.learning_rate:
+            self.learning_rate = rate
+            return rate
+        return None
+
+    def poll(self, stats: dict[str, Any]) -> None:
+        """Ends every epoch that every worker has left behind."""
+        workers = [w for w in stats.get("workers", {}).values() if w.get("commits")]
+        if len(workers) < self.workers:
+            return
+        left = min(int(w["epoch"]) for w in workers)
+        while not self.stopped and self.done < min(left, self.epochs):
+            self._end(self.done)
+
+    def finish(self) -> None:
+        """After the training stage: the epochs that ended with it, then `on_train_end`."""
+        reported = max((e + 1 for e in self.server.epochs()), default=0)
+        while not self.stopped and self.done < min(reported, self.epochs):
+            self._end(self.done)
+        if not self.stopped:
+            self.model.set_weights(FlatWeights(self.layout, self.server.centre.to_numpy()).views)
+        self.callbacks.on_train_end()
+
+    def _end(self, epoch: int) -> None:
+        means = self.server.epochs().get(epoch, {}).get("means", [])
+        logs = {n: float(v) for n, v in zip(self.names, means, strict=False) if math.isfinite(v)}
+        # The centre as it is now: the weights this epoch ended with, and the ones it is judged by.
+        self.model.set_weights(FlatWeights(self.layout, self.server.centre.to_numpy()).views)
+        if self.validation is not None:
+            x, y = self.validation
+            scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+            logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+        self.callbacks.on_epoch_end(self.first + epoch, logs)
+        self.done = epoch + 1
+        if self.model.stop_training:
+            self.stopped = True
+            self.server.set_control(stop=True, learning_rate=self.learning_rate)
+            return
+        if self.done < self.epochs:
+            self.callbacks.on_epoch_begin(self.first + self.done)
+        rate = current_learning_rate(self.model)
+        if rate != self.learning_rate:
+            self.learning_rate = rate
+            self.server.set_control(stop=False, learning_rate=rate)
+
+
+def current_learning_rate(model: Any) -> float | None:
+    """The driver's model's learning rate, as the callbacks left it (None for a schedule)."""
+    import keras
+
+    optimizer = model.optimizer
+    schedule = keras.optimizers.schedules.LearningRateSchedule
+    if isinstance(getattr(optimizer, "_learning_rate", None), schedule):
+        return None
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
