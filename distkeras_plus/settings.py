@@ -158,6 +158,13 @@ class RunConfig:
         remote=True,
         pattern=NAME,
     )
+    tensorboard: str | None = setting(
+        None,
+        "Write TensorBoard logs here: each epoch's scalars (train/, validation/) and the parameter "
+        "server's (server/: commits per second, staleness, bytes, each worker's loss).",
+        api="tensorboard_dir",
+        metavar="DIR",
+    )
     seed: int = setting(0, "Random seed.", minimum=0, maximum=2**32 - 1, remote=True)
     codec: str | None = setting(
         None,

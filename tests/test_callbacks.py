@@ -167,3 +167,45 @@ def test_callbacks_need_a_parameter_server(spark: Any, digits_data: Any) -> None
             "ensemble",
             callbacks=[keras.callbacks.EarlyStopping()],
         )
+
+
+def events(folder: Path) -> dict[str, list[tuple[int, Any]]]:
+    """Every summary in the event files of `folder`: tag -> [(step, value)]."""
+    import tensorflow as tf
+
+    found: dict[str, list[tuple[int, Any]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return found
+
+
+def test_tensorboard_gets_the_epochs_and_the_servers_scalars(
+    spark: Any, digits_data: Any, tmp_path: Path
+) -> None:
+    result = distkeras_plus.train(
+        digits_data.to_spark(spark),
+        default_model(64, 10),
+        "adag",
+        num_workers=2,
+        epochs=3,
+        window=4,
+        validation_data=digits_data.to_spark(spark, "test"),
+        tensorboard_dir=str(tmp_path),
+    )
+    history = result.history.history
+    train = events(tmp_path / "train")
+    assert [step for step, _ in train["epoch_loss"]] == [0, 1, 2]
+    assert [float(v) for _, v in train["epoch_loss"]] == pytest.approx(history["loss"])
+    assert [float(v) for _, v in train["epoch_accuracy"]] == pytest.approx(history["accuracy"])
+    validation = events(tmp_path / "validation")
+    assert [float(v) for _, v in validation["epoch_loss"]] == pytest.approx(history["val_loss"])
+    server = events(tmp_path / "server")
+    assert {"commits", "commits_per_second", "bytes_received", "bytes_sent", "staleness_mean"} <= set(server)
+    assert {"staleness_max", "worker_0/loss", "worker_1/loss", "staleness"} <= set(server)
+    last_step, last_commits = server["commits"][-1]
+    assert last_step == int(last_commits) == result.ps_stats["commits"] == result.ps_stats["clock"]
+    assert int(server["bytes_received"][-1][1]) == result.ps_stats["bytes_in"]
+    ((_, buckets),) = server["staleness"]  # (left edge, right edge, count) per bucket
+    assert int(buckets[:, 2].sum()) == result.ps_stats["commits"]

@@ -144,16 +144,23 @@ def test_train_on_csv_then_evaluate_and_predict(spark: Any, digits_dir: Path, tm
     result = run(
         ["train", "--data", str(digits_dir / "digits.csv"), "--plugin", "dynsgd", "--epochs", "6",
          "--test-split", "0.25", "--output", str(model_path), "--output-format", "json",
-         "--history-file", str(history), "--progress-file", str(progress), "--metrics", "accuracy"]
+         "--history-file", str(history), "--progress-file", str(progress), "--metrics", "accuracy",
+         "--validation-split", "0.2", "--early-stopping", "2"]
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["data"] == str(digits_dir / "digits.csv") and report["plugin"] == "dynsgd"
     assert report["model_path"] == str(model_path.resolve()) and model_path.is_file()
     assert 300 < report["test_samples"] < 420  # a quarter of the 1437 rows
-    assert report["samples"] + report["test_samples"] * 6 == pytest.approx(1437 * 6, abs=6 * 60)
+    epochs = report["epochs"]  # early stopping may end the run before the 6th
+    assert 2 <= epochs <= 6 and len(report["history"]["val_loss"]) == epochs
+    trained = 0.8 * (1437 - report["test_samples"])  # validation data is held out apart from the test set
+    # Workers go on until the stop reaches them: at least the epochs done, at most the 6 asked for.
+    assert 0.9 * trained * epochs <= report["samples"] <= 1.1 * trained * 6
     assert report["test_accuracy"] > 0.8
-    rows = json.loads(history.read_text())
+    written = json.loads(history.read_text())
+    assert written["epoch"] == list(range(epochs)) and written["history"] == report["history"]
+    rows = written["workers"]
     assert {r["worker"] for r in rows} == {0, 1} and rows[-1]["samples"] > 0
     updates = [json.loads(line) for line in progress.read_text().splitlines()]
     assert updates and all({"seconds", "commits", "samples", "loss"} <= u.keys() for u in updates)

@@ -9,6 +9,7 @@ from distkeras_plus import __version__
 from distkeras_plus.cli.bench import bench
 from distkeras_plus.cli.common import DkGroup
 from distkeras_plus.cli.datasets import datasets
+from distkeras_plus.cli.history import history
 from distkeras_plus.cli.models import evaluate_command, predict_command
 from distkeras_plus.cli.plugins import plugins
 from distkeras_plus.cli.ps import ps
@@ -32,6 +33,7 @@ for command in (
     datasets,
     ps,
     bench,
+    history,
     punchcard,
     submit,
     jobs,

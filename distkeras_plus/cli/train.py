@@ -112,7 +112,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None)
     "--history-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write every worker's training history to this file as JSON.",
+    help="Write the run's history to this file as JSON: per epoch, and each worker's rows "
+    "(`dk history plot` draws it).",
 )
 @OUTPUT_FORMAT
 def train_command(

@@ -32,6 +32,7 @@ from distkeras_plus.ps.serve import new_secret
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.settings import RunConfig
 from distkeras_plus.spark import session
+from distkeras_plus.spark.board import ServerBoard
 from distkeras_plus.spark.epochs import Epochs, log_names
 from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
 from distkeras_plus.worker import compiling
@@ -156,7 +157,7 @@ def train(
     if validation is None and config.validation_split > 0:
         df, validation = df.randomSplit([1 - config.validation_split, config.validation_split], config.seed)
         prepared = None  # it was of the whole
-    callbacks = [*callbacks, *_named_callbacks(config, validation is not None)]
+    callbacks = [*callbacks, *_named_callbacks(config, callbacks, validation is not None)]
     p = plan(df, model, config, prepared, watched=bool(callbacks) or validation is not None)
     spark = df.sparkSession
     held_out = validation_arrays(spark, validation, model, config) if validation is not None else None
@@ -188,7 +189,7 @@ def train(
     server = None
     secret = new_secret()
     started = time.perf_counter()
-    compiled, epochs = p.compiled, None
+    compiled, epochs, board = p.compiled, None, None
     try:
         address = None
         if p.rule is not None:
@@ -200,6 +201,7 @@ def train(
             server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=config.timeout)
             address = f"{host}:{server.port}"
             epochs = _epochs(p, model, server, flat, callbacks, held_out, epochs_before)
+            board = ServerBoard(config.tensorboard) if config.tensorboard is not None else None
             rate = epochs.begin()
             if rate is not None:  # a schedule's first epoch: the workers start with its rate
                 compiled = compiling.with_learning_rate(compiled, rate)
@@ -225,7 +227,7 @@ def train(
             in_memory_mb=config.in_memory_mb,
             threads=max(1, cores // p.workers) if session.is_local(spark) else 1,
         )
-        rows = _run_stage(p, cfg, server, started, progress, checkpointer, epochs)
+        rows = _run_stage(p, cfg, server, started, progress, checkpointer, epochs, board)
         seconds = time.perf_counter() - started
         ps_stats: dict[str, Any] = {}
         if server is not None:
@@ -244,6 +246,8 @@ def train(
         if server is not None:
             server.stop()
     worker_history = sorted((row for r in rows for row in json.loads(r["history"])), key=lambda h: h["time"])
+    if board is not None:
+        board.close(ps_stats, [row["staleness"] for row in worker_history if "staleness" in row])
     return TrainResult(
         model=model,
         history=_history(model) if epochs is None else epochs.history,
@@ -293,14 +297,22 @@ def _epochs(
     )
 
 
-def _named_callbacks(config: RunConfig, validated: bool) -> list[Any]:
-    """The callbacks the settings ask for."""
-    if config.early_stopping is None:
+def _named_callbacks(config: RunConfig, given: Sequence[Any], validated: bool) -> list[Any]:
+    """The callbacks the settings ask for (a TensorBoard callback among those `given` is kept)."""
+    if config.early_stopping is None and config.tensorboard is None:
         return []
     import keras
 
-    monitor = config.monitor or ("val_loss" if validated else "loss")
-    return [keras.callbacks.EarlyStopping(monitor, patience=config.early_stopping, restore_best_weights=True)]
+    named = []
+    if config.early_stopping is not None:
+        monitor = config.monitor or ("val_loss" if validated else "loss")
+        stop = keras.callbacks.EarlyStopping(
+            monitor, patience=config.early_stopping, restore_best_weights=True
+        )
+        named.append(stop)
+    if config.tensorboard is not None and not any(isinstance(c, keras.callbacks.TensorBoard) for c in given):
+        named.append(keras.callbacks.TensorBoard(config.tensorboard))
+    return named
 
 
 def _history(model: Any) -> Any:
@@ -341,6 +353,7 @@ def _run_stage(
     progress: Callable[[dict[str, Any]], None] | None,
     checkpointer: Checkpointer | None,
     epochs: Epochs | None = None,
+    board: ServerBoard | None = None,
 ) -> list[Any]:
     """One task per worker, watched; a failure is the failing worker's own error, in one line.
     A worker's error that a retry would meet again reaches the driver with its task's end (an
@@ -361,7 +374,9 @@ def _run_stage(
         error.ps_address = cfg.ps_address
         return error
 
-    watch = _Watch(server, started, progress, checkpointer, epochs, lambda: bool(reported.value), group)
+    watch = _Watch(
+        server, started, progress, checkpointer, epochs, board, lambda: bool(reported.value), group
+    )
     try:
         sc.setJobGroup(group, "distkeras-plus training", interruptOnCancel=True)
         data = p.data.df.repartition(p.workers)
@@ -415,11 +430,13 @@ class _Watch:
         progress: Callable[[dict[str, Any]], None] | None,
         checkpointer: Checkpointer | None,
         epochs: Epochs | None,
+        board: ServerBoard | None,
         failed: Callable[[], bool],
         group: str,
     ) -> None:
         self.server, self.started, self.progress = server, started, progress
-        self.checkpointer, self.epochs, self.failed, self.group = checkpointer, epochs, failed, group
+        self.checkpointer, self.epochs, self.board = checkpointer, epochs, board
+        self.failed, self.group = failed, group
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dk-progress", daemon=True)
@@ -456,6 +473,11 @@ class _Watch:
             shown = time.perf_counter()
             if self.progress is not None:
                 self.progress(progress_of(stats, time.perf_counter() - self.started))
+            if self.board is not None and stats is not None:
+                try:
+                    self.board.write(stats)
+                except Exception as e:  # a full disk must not stop training either
+                    warnings.warn(f"could not write TensorBoard logs: {e}", stacklevel=1)
             if self.checkpointer is not None and server is not None and stats is not None:
                 try:
                     self.checkpointer.tick(server, stats)

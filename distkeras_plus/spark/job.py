@@ -61,8 +61,9 @@ def run_training(
     job: JobConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
     resume: Checkpoint | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Trains, evaluates and saves; returns the report that `dk train` prints and the history."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains, evaluates and saves; returns the report that `dk train` prints and the history
+    (what `--history-file` holds: the per-epoch History and each worker's rows)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     check_writable(job.output_path, job.overwrite)  # before the training, not after it
     driver.decide(job.run_config(), with_keras=False)  # a mistake in the settings is one line at once
@@ -127,4 +128,9 @@ def run_training(
         "worker_peak_rss": result.worker_peak_rss,
         "spilled_bytes": result.spilled_bytes,
     }
-    return report, result.worker_history
+    history = {
+        "epoch": result.history.epoch,
+        "history": result.history.history,
+        "workers": result.worker_history,
+    }
+    return report, history
