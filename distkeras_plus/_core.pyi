@@ -152,6 +152,21 @@ class ParameterServer:
         their loop at that exchange; `learning_rate` (None: none set) is the rate their optimizers
         use from their next window. Sets both. The server only relays them."""
 
+    def track_epochs(self, workers: int) -> None:
+        """From now on the run has `workers` workers (ids 0..workers-1): epoch e ends when the
+        last of them has an applied commit in a later epoch, and the server keeps a copy of the
+        centre taken right after that commit (consistent: never half of a commit) for
+        `take_epoch_centre(e)`. Epochs the workers are already past end at once. The last
+        epoch ends only if the workers commit a later one. 0 raises ValueError."""
+
+    @property
+    def epochs_ended(self) -> int:
+        """How many epochs have ended (0 until `track_epochs`): epochs 0..epochs_ended-1."""
+
+    def take_epoch_centre(self, epoch: int) -> _F32 | None:
+        """The centre as `epoch` ended, a new 1-D float32 array, handed over once: the server
+        keeps it until taken. None if that epoch has not ended or its centre was taken."""
+
     def epochs(self) -> dict[int, dict[str, Any]]:
         """Each epoch's logs over every worker, by epoch: `{"samples": int, "means": list[float]}`.
         `samples` counts the samples of the epoch's applied commits' windows; `means[k]` is the mean

@@ -25,6 +25,7 @@ def train(
     resume: Checkpoint | str | None = None,
     callbacks: Sequence[Any] = (),
     validation_data: Any = None,
+    verbose: int | str = "auto",
     **settings: Any,
 ) -> TrainResult:
     """Trains a Keras model data-parallel on a Spark DataFrame.
@@ -43,7 +44,8 @@ def train(
         (unless the settings name others); `callbacks` (Keras callbacks) see every epoch of the
         cluster, with `logs` holding the epoch's mean loss and metrics over all workers and the
         `val_*` scores on `validation_data` (a DataFrame or a path) or on a `validation_split`;
-        a callback that sets `model.stop_training` stops every worker. Returns the trained model,
+        a callback that sets `model.stop_training` stops every worker; `verbose` is Keras' progress
+        on stdout ("auto" or 1: a bar per epoch, 2: a line per epoch, 0: none). Returns the trained model,
         compiled, with its per-epoch `history` (a Keras History), each worker's history and the
         parameter server's statistics.
 
@@ -55,7 +57,24 @@ def train(
     run = from_keywords(settings, config)  # a bad setting fails here, before Spark is touched
     if isinstance(resume, str):
         resume = Folder(resume, getattr(df, "sparkSession", None)).latest()
-    return driver.train(df, model, run, resume=resume, callbacks=callbacks, validation=validation_data)
+    return driver.train(
+        df,
+        model,
+        run,
+        resume=resume,
+        callbacks=callbacks,
+        validation=validation_data,
+        verbose=_level(verbose),
+    )
+
+
+def _level(verbose: int | str) -> int:
+    """Keras' `verbose`: "auto" is 1, as in `model.fit`."""
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise SettingError(f'verbose takes "auto", 0, 1 or 2, not {verbose!r}')
+    return int(verbose)
 
 
 train.__doc__ = (train.__doc__ or "").replace("{settings}", keywords_doc())
@@ -67,6 +86,7 @@ _HEAD = [
     inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None),
     inspect.Parameter("callbacks", inspect.Parameter.KEYWORD_ONLY, default=()),
     inspect.Parameter("validation_data", inspect.Parameter.KEYWORD_ONLY, default=None),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default="auto"),
 ]
 train.__signature__ = signature(_HEAD)  # type: ignore[attr-defined]
 
@@ -88,9 +108,16 @@ class Trainer:
         self.config = from_keywords({**settings, "plugin": self.plugin}, config, legacy=True)
         self.result: TrainResult | None = None
 
-    def train(self, df: Any, callbacks: Sequence[Any] = (), validation_data: Any = None) -> Any:
+    def train(
+        self, df: Any, callbacks: Sequence[Any] = (), validation_data: Any = None, verbose: int | str = "auto"
+    ) -> Any:
         self.result = driver.train(
-            df, self.model, self.config, callbacks=callbacks, validation=validation_data
+            df,
+            self.model,
+            self.config,
+            callbacks=callbacks,
+            validation=validation_data,
+            verbose=_level(verbose),
         )
         return self.result.model
 

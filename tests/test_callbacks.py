@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import distkeras_plus
+from distkeras_plus.callbacks import ModelCheckpoint
 from distkeras_plus.data.datasets import default_model
 from distkeras_plus.errors import SettingError
 from distkeras_plus.spark.predict import evaluate
@@ -81,6 +82,8 @@ def test_early_stopping_stops_every_worker_and_restores_the_best_weights(
     keep = kept()
     best = tmp_path / "best.keras"
     checkpoint = keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)
+    # The same through Spark's Hadoop file systems (here Hadoop's local one, by a file:// URI).
+    remote = ModelCheckpoint(f"{(tmp_path / 'remote').as_uri()}/best.keras", save_best_only=True)
     epochs, n = 100, len(digits_data.x_train)
     result = distkeras_plus.train(
         train_df,
@@ -90,7 +93,7 @@ def test_early_stopping_stops_every_worker_and_restores_the_best_weights(
         epochs=epochs,
         window=4,
         batch_size=8,
-        callbacks=[stop, keep, checkpoint],
+        callbacks=[stop, keep, checkpoint, remote],
         validation_data=test_df,
     )
     assert stop.stopped_epoch == 1
@@ -108,10 +111,22 @@ def test_early_stopping_stops_every_worker_and_restores_the_best_weights(
         scores = evaluate(test_df, scored)
         assert logs["val_loss"] == pytest.approx(scores.loss, abs=1e-5)
         assert logs["val_accuracy"] == pytest.approx(scores.accuracy, abs=1e-6)
-    saved = keras.saving.load_model(best)
     best_epoch = int(np.argmin(result.history.history["val_loss"]))
-    for got, want in zip(saved.get_weights(), keep.weights[best_epoch], strict=True):
-        np.testing.assert_array_equal(got, want)
+    for path in (best, tmp_path / "remote" / "best.keras"):
+        saved = keras.saving.load_model(path)
+        for got, want in zip(saved.get_weights(), keep.weights[best_epoch], strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert not list((tmp_path / "remote").glob(".*partial*"))
+
+
+def test_keras_own_checkpoint_to_a_hadoop_uri_is_refused_before_training(
+    spark: Any, digits_data: Any
+) -> None:
+    import keras
+
+    checkpoint = keras.callbacks.ModelCheckpoint("s3a://bucket/best.keras")
+    with pytest.raises(SettingError, match=r"distkeras_plus\.callbacks\.ModelCheckpoint"):
+        distkeras_plus.train(digits_data.to_spark(spark), default_model(64, 10), callbacks=[checkpoint])
 
 
 def test_a_learning_rate_schedule_reaches_the_workers(spark: Any, digits_data: Any) -> None:

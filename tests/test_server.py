@@ -253,6 +253,41 @@ def test_epochs_average_the_workers_logs_by_their_samples(server: ParameterServe
     assert (worker["samples"], worker["epoch"], worker["loss"]) == (20, 1, 2.0)
 
 
+def test_the_server_keeps_the_centre_as_each_epoch_ends(server: ParameterServer, secret: bytes) -> None:
+    server.track_epochs(2)
+    with (
+        Client(address(server), secret, Layout.flat(N), worker_id=0) as a,
+        Client(address(server), secret, Layout.flat(N), worker_id=1) as b,
+    ):
+
+        def commit(c: Client, samples: int, epoch: int, delta: float) -> None:
+            c.set_progress(samples, epoch, [0.5])
+            c.commit(np.full(N, delta, np.float32))
+
+        commit(a, 10, 0, 1.0)
+        commit(a, 20, 1, 1.0)  # worker 1 has not committed yet: nothing ends
+        assert server.epochs_ended == 0 and server.take_epoch_centre(0) is None
+        commit(b, 10, 0, 10.0)
+        assert server.epochs_ended == 0
+        commit(b, 20, 1, 10.0)  # the slower worker moves on: epoch 0 ends (centre 1 + 22)
+        commit(a, 30, 3, 1.0)
+        commit(b, 30, 1, 10.0)
+        assert server.epochs_ended == 1
+        commit(b, 40, 4, 10.0)  # worker 0 is in epoch 3: epochs 1 and 2 end at once
+        commit(a, 40, 3, 1.0)
+        assert server.epochs_ended == 3
+    centre = server.take_epoch_centre(0)
+    assert centre is not None and centre.dtype == np.float32 and centre.shape == (N,)
+    assert np.all(centre == 23.0)
+    assert server.take_epoch_centre(0) is None  # taken
+    for epoch in (2, 1):
+        centre = server.take_epoch_centre(epoch)
+        assert centre is not None and np.all(centre == 44.0)
+    assert server.take_epoch_centre(3) is None  # not ended
+    with pytest.raises(ValueError, match="at least one worker"):
+        server.track_epochs(0)
+
+
 def test_commit_replies_carry_the_control_block(server: ParameterServer, secret: bytes) -> None:
     ones = np.ones(N, np.float32)
     c = Client(address(server), secret, Layout.flat(N), worker_id=0)

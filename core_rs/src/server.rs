@@ -75,7 +75,38 @@ struct Shared {
     last_seq: Mutex<HashMap<(u32, u32), u64>>,
     /// The newest attempt seen per worker: Spark's retry of a task supersedes the old attempt.
     attempts: Mutex<HashMap<u32, u32>>,
+    /// One lock, so that two commits never end the same epoch.
+    epoch_ends: Mutex<EpochEnds>,
     conns: Mutex<Connections>,
+}
+
+/// The epochs that every worker has committed past, and the centre as each one ended.
+#[derive(Default)]
+struct EpochEnds {
+    /// Workers of the run (ids `0..workers`); 0: epochs are not tracked.
+    workers: u32,
+    /// Epochs `0..ended` have ended.
+    ended: u32,
+    /// The centres not yet taken, by first epoch: epochs `first..end` that ended at one commit
+    /// share one copy, so a worker that jumps far ahead costs one copy, not one per epoch.
+    centres: BTreeMap<u32, (u32, Arc<Vec<f32>>)>,
+}
+
+impl EpochEnds {
+    fn take(&mut self, epoch: u32) -> Option<Vec<f32>> {
+        let (&first, &(end, _)) = self.centres.range(..=epoch).next_back()?;
+        if epoch >= end {
+            return None;
+        }
+        let (_, centre) = self.centres.remove(&first)?;
+        if first < epoch {
+            self.centres.insert(first, (epoch, Arc::clone(&centre)));
+        }
+        if epoch + 1 < end {
+            self.centres.insert(epoch + 1, (end, Arc::clone(&centre)));
+        }
+        Some(Arc::unwrap_or_clone(centre))
+    }
 }
 
 impl Shared {
@@ -85,6 +116,28 @@ impl Shared {
             stop: self.stop_requested.load(Ordering::SeqCst),
             learning_rate: (!rate.is_nan()).then_some(rate),
         }
+    }
+
+    /// Ends the epochs that every tracked worker's last applied commit is past, storing the
+    /// centre as it is now for them; called after a commit was applied and counted.
+    fn end_epochs(&self) {
+        let mut ends = self.epoch_ends.lock();
+        if ends.workers == 0 {
+            return;
+        }
+        let Some(reached) = self.counters.min_epoch(ends.workers) else {
+            return;
+        };
+        if reached <= ends.ended {
+            return;
+        }
+        let mut centre = vec![0.0; self.centre.len()];
+        self.centre
+            .pull(&mut centre)
+            .expect("the buffer has the centre's length");
+        let first = ends.ended;
+        ends.centres.insert(first, (reached, Arc::new(centre)));
+        ends.ended = reached;
     }
 }
 
@@ -173,6 +226,7 @@ impl Server {
             learning_rate: AtomicU32::new(f32::NAN.to_bits()),
             last_seq: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
+            epoch_ends: Mutex::new(EpochEnds::default()),
             conns: Mutex::new(Connections::default()),
         });
         let acceptor = {
@@ -203,6 +257,30 @@ impl Server {
     /// Every epoch's logs as the workers' applied commits reported them.
     pub fn epochs(&self) -> BTreeMap<u32, EpochStats> {
         self.shared.counters.epochs()
+    }
+
+    /// From now on the run has `workers` workers (ids `0..workers`): once each of them has an
+    /// applied commit in an epoch after `e`, epoch `e` has ended, and a consistent copy of the
+    /// centre, taken right after the commit that ended it, is kept until `take_epoch_centre(e)`.
+    /// Epochs the workers are already past end now.
+    pub fn track_epochs(&self, workers: u32) -> Result<()> {
+        if workers == 0 {
+            return Err(Error::invalid("track_epochs needs at least one worker"));
+        }
+        self.shared.epoch_ends.lock().workers = workers;
+        self.shared.end_epochs();
+        Ok(())
+    }
+
+    /// How many epochs have ended (epochs `0..epochs_ended()`).
+    pub fn epochs_ended(&self) -> u32 {
+        self.shared.epoch_ends.lock().ended
+    }
+
+    /// The centre as epoch `epoch` ended, handed over once: `None` if it has not ended or was
+    /// taken.
+    pub fn take_epoch_centre(&self, epoch: u32) -> Option<Vec<f32>> {
+        self.shared.epoch_ends.lock().take(epoch)
     }
 
     /// What every commit reply carries from now on.
@@ -597,9 +675,13 @@ impl<'a> Session<'a> {
         });
         match outcome {
             Ok(applied) => {
-                shared
+                let moved = shared
                     .counters
                     .worker_committed(worker, applied.staleness, &progress);
+                // Only a worker's first commit, or its first in a new epoch, can end an epoch.
+                if moved {
+                    shared.end_epochs();
+                }
                 // Read now: a sync reply carries what the driver set while the round was open.
                 let reply_head = p::encode_committed(applied, shared.control());
                 let values: &[f32] = if shared.centre.rule().replies_with_vector() {

@@ -218,11 +218,14 @@ impl Counters {
     }
 
     /// Counts an applied commit and adds its window to its epoch's logs. The window's samples
-    /// are what the worker reported beyond its previous commit, on any attempt.
-    pub fn worker_committed(&self, worker: u32, staleness: u64, progress: &Progress) {
+    /// are what the worker reported beyond its previous commit, on any attempt. Returns whether
+    /// the commit may have raised the smallest epoch (`min_epoch`): the worker's first commit,
+    /// or one in another epoch than its last.
+    pub fn worker_committed(&self, worker: u32, staleness: u64, progress: &Progress) -> bool {
         bump(&self.commits, 1);
         let mut workers = self.workers.lock();
         let w = workers.entry(worker).or_default();
+        let moved = w.commits == 0 || w.epoch != progress.epoch;
         w.commits += 1;
         w.last_staleness = staleness;
         w.max_staleness = w.max_staleness.max(staleness);
@@ -239,6 +242,20 @@ impl Counters {
                 .or_default()
                 .add(window, &progress.logs);
         }
+        moved
+    }
+
+    /// The smallest epoch of the last applied commits of workers `0..workers`; `None` until
+    /// every one of them has an applied commit.
+    pub fn min_epoch(&self, workers: u32) -> Option<u32> {
+        let map = self.workers.lock();
+        let (committed, min) = map
+            .range(..workers)
+            .filter(|(_, w)| w.commits > 0)
+            .fold((0u32, u32::MAX), |(n, min), (_, w)| {
+                (n + 1, min.min(w.epoch))
+            });
+        (committed == workers).then_some(min)
     }
 
     /// Every epoch's logs so far, by epoch.
@@ -361,6 +378,13 @@ mod tests {
         assert_eq!((epochs[&1].samples, epochs[&1].means()), (10, vec![4.0]));
         let w1 = counters.snapshot(0).workers[&1];
         assert_eq!((w1.samples, w1.epoch, w1.loss), (30, 1, 100.0));
+        // Workers 0 and 1 have committed, in epochs 0 and 1; worker 2 only connected.
+        counters.worker_connected(2, 1);
+        assert_eq!(
+            (counters.min_epoch(2), counters.min_epoch(3)),
+            (Some(0), None)
+        );
+        assert_eq!(counters.min_epoch(1), Some(0));
         let only_nan = EpochStats {
             samples: 5,
             sums: vec![0.0],

@@ -644,3 +644,122 @@ fn a_commit_that_would_overflow_is_refused_over_the_wire() {
     c.pull(&mut out).unwrap();
     assert_eq!(out, [3e38, 1.0, 1.0]);
 }
+
+#[test]
+fn the_server_keeps_the_centre_as_each_epoch_ends() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 2]);
+    assert!(matches!(
+        server.track_epochs(0),
+        Err(Error::InvalidArgument(_))
+    ));
+    server.track_epochs(2).unwrap();
+    let (mut a, mut b) = (connect(&server, &layout, 0), connect(&server, &layout, 1));
+    let mut samples = [0u64; 2];
+    let mut commit = |c: &mut Client, epoch, delta| {
+        let s = &mut samples[c.worker_id() as usize];
+        *s += 10;
+        c.set_progress(p::Progress {
+            samples: *s,
+            epoch,
+            logs: vec![0.5],
+        })
+        .unwrap();
+        c.commit(&[delta; 2], None).unwrap();
+    };
+    // Worker 0 is in epoch 1 before worker 1 has committed at all: nothing has ended.
+    commit(&mut a, 0, 1.0);
+    commit(&mut a, 1, 1.0);
+    assert_eq!(
+        (server.epochs_ended(), server.take_epoch_centre(0)),
+        (0, None)
+    );
+    commit(&mut b, 0, 10.0);
+    assert_eq!(server.epochs_ended(), 0);
+    // The slower worker moves on: epoch 0 ends with the centre right after its commit.
+    commit(&mut b, 1, 10.0);
+    assert_eq!(server.epochs_ended(), 1);
+    commit(&mut a, 2, 1.0);
+    commit(&mut b, 1, 10.0);
+    assert_eq!(server.epochs_ended(), 1);
+    assert_eq!(server.take_epoch_centre(0), Some(vec![22.0; 2]));
+    assert_eq!(server.take_epoch_centre(0), None); // taken
+    assert_eq!(server.take_epoch_centre(1), None); // not ended
+    commit(&mut b, 2, 10.0);
+    commit(&mut a, 2, 1.0);
+    assert_eq!(server.epochs_ended(), 2);
+    assert_eq!(server.take_epoch_centre(1), Some(vec![43.0; 2]));
+    // Worker 1 jumps from epoch 2 to 5 while worker 0 is in 4: epochs 2 and 3 end at once.
+    commit(&mut a, 4, 1.0);
+    commit(&mut b, 5, 10.0);
+    assert_eq!(server.epochs_ended(), 4);
+    commit(&mut a, 4, 1.0);
+    assert_eq!(server.take_epoch_centre(3), Some(vec![55.0; 2]));
+    assert_eq!(server.take_epoch_centre(4), None);
+    assert_eq!(server.take_epoch_centre(2), Some(vec![55.0; 2]));
+    assert_eq!(server.take_epoch_centre(2), None);
+    assert_eq!(server.take_epoch_centre(3), None);
+}
+
+#[test]
+fn epochs_the_workers_are_past_end_when_tracking_starts() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 3]);
+    let mut c = connect(&server, &layout, 0);
+    c.set_progress(p::Progress {
+        samples: 5,
+        epoch: 2,
+        logs: vec![],
+    })
+    .unwrap();
+    c.commit(&[1.0; 3], None).unwrap();
+    assert_eq!(server.epochs_ended(), 0); // not tracked
+    server.track_epochs(1).unwrap();
+    assert_eq!(server.epochs_ended(), 2);
+    assert_eq!(server.take_epoch_centre(1), Some(vec![1.0; 3]));
+    assert_eq!(server.take_epoch_centre(0), Some(vec![1.0; 3]));
+}
+
+#[test]
+fn concurrent_commits_end_each_epoch_once_with_a_whole_centre() {
+    // Several shards, so a torn copy would show as unequal values.
+    let n = 3 * distkeras_plus_core::centre::SHARD_LEN + 5;
+    let (workers, epochs) = (4u32, 30u32);
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &vec![0.0; n]);
+    server.track_epochs(workers).unwrap();
+    let threads: Vec<_> = (0..workers)
+        .map(|w| {
+            let mut c = connect(&server, &layout, w);
+            thread::spawn(move || {
+                let ones = vec![1.0; n];
+                for epoch in 0..epochs {
+                    for step in 0..3 {
+                        let samples = u64::from(epoch * 3 + step + 1);
+                        c.set_progress(p::Progress {
+                            samples,
+                            epoch,
+                            logs: vec![],
+                        })
+                        .unwrap();
+                        c.commit(&ones, None).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The last epoch ends only when the workers stop.
+    assert_eq!(server.epochs_ended(), epochs - 1);
+    let mut last = 0.0;
+    for e in 0..epochs - 1 {
+        let centre = server.take_epoch_centre(e).expect("ended");
+        assert!(
+            centre.iter().all(|&v| v == centre[0]),
+            "torn copy of epoch {e}"
+        );
+        // Every worker has committed into epoch e + 1: at least its 3 × (e + 1) + 1 commits.
+        assert!(centre[0] >= (workers * (3 * (e + 1) + 1)) as f32 && centre[0] >= last);
+        last = centre[0];
+    }
+    assert_eq!(server.take_epoch_centre(epochs - 1), None);
+}

@@ -3,6 +3,7 @@ from the command line, a `DK_<OPTION>` variable, a `--config` file or the neares
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -133,12 +134,9 @@ def train_command(
     from distkeras_plus.spark.job import resumed, run_training
 
     job = JobConfig(**settings, options=dict(key_values(opts)))
-    show = ProgressLine(sys.stderr) if sys.stderr.isatty() else None
     record = progress_file.open("a") if progress_file is not None else None
 
     def progress(update: dict[str, Any]) -> None:
-        if show is not None:
-            show(update)
         if record is not None:
             record.write(json.dumps(update) + "\n")
             record.flush()
@@ -148,10 +146,12 @@ def train_command(
         if resume is not None:
             recorded, checkpoint = resumed(resume, job.master, job.workers)
             job = _check_resume(click.get_current_context(), resume, job, recorded)
-        report, history = run_training(job, progress if show or record else None, checkpoint)
+        # On a terminal, Keras' own progress bar per epoch; on stderr, so that stdout holds the
+        # result alone.
+        verbose = 1 if sys.stderr.isatty() else 0
+        with contextlib.redirect_stdout(sys.stderr):
+            report, history = run_training(job, progress if record else None, checkpoint, verbose)
     finally:
-        if show is not None:
-            show.close()
         if record is not None:
             record.close()
     if history_file is not None:
@@ -200,25 +200,3 @@ def _check_resume(ctx: click.Context, folder: str, given: JobConfig, recorded: J
                 f"not {now!r}; leave {flag} out, or start a new run"
             )
     return recorded
-
-
-class ProgressLine:
-    """One status line on a terminal, rewritten in place."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.width = stream, 0
-
-    def __call__(self, p: dict[str, Any]) -> None:
-        loss = f"loss {p['loss']:.4f}" if p.get("loss") is not None else "loss -"
-        text = (
-            f"{p['seconds']:6.0f} s  {p['samples']:>9,} samples  {p['commits']:>6,} commits  {loss}  "
-            f"{(p['bytes_received'] + p['bytes_sent']) / 1e6:,.1f} MB"
-        )
-        self.stream.write("\r" + text.ljust(self.width))
-        self.stream.flush()
-        self.width = len(text)
-
-    def close(self) -> None:
-        if self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()

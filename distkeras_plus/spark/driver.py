@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
-from distkeras_plus.data.storage import model_bytes, save_model_file
+from distkeras_plus.data.storage import is_uri, model_bytes, save_model_file
 from distkeras_plus.data.tables import Prepared, check_model, default_loss, prepare, read
 from distkeras_plus.data.tables import arrays as tables_arrays
 from distkeras_plus.errors import SettingError, TrainingError, exception_line
@@ -36,6 +36,9 @@ from distkeras_plus.spark.board import ServerBoard
 from distkeras_plus.spark.epochs import Epochs, log_names
 from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
 from distkeras_plus.worker import compiling
+
+#: The URIs Keras writes itself (through TensorFlow's file layer).
+KERAS_URIS = ("file://", "gs://")
 
 
 @dataclass
@@ -145,13 +148,15 @@ def train(
     prepared: Prepared | None = None,
     callbacks: Sequence[Any] = (),
     validation: Any = None,
+    verbose: int = 0,
 ) -> TrainResult:
     """Trains `model` on `df` as `config` says; see `distkeras_plus.train`.
 
     `progress`, when given, is called about once a second from another thread with what the
     parameter server knows of the run so far (see `progress_of`). `record` is what checkpoints
     keep of the run's configuration (default: `config`). `prepared`: `df` already prepared.
-    `callbacks` are Keras callbacks; `validation` a DataFrame or path they are judged on."""
+    `callbacks` are Keras callbacks; `validation` a DataFrame or path they are judged on;
+    `verbose` Keras' progress: 1 a bar per epoch, 2 a line per epoch, 0 none (on stdout)."""
     if isinstance(df, str | Path):
         df = read(session.local_session(config.workers), df, config.features, config.label)
     if validation is None and config.validation_split > 0:
@@ -200,7 +205,7 @@ def train(
             )
             server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=config.timeout)
             address = f"{host}:{server.port}"
-            epochs = _epochs(p, model, server, flat, callbacks, held_out, epochs_before)
+            epochs = _epochs(p, model, server, flat, callbacks, held_out, epochs_before, verbose)
             board = ServerBoard(config.tensorboard) if config.tensorboard is not None else None
             rate = epochs.begin()
             if rate is not None:  # a schedule's first epoch: the workers start with its rate
@@ -274,15 +279,23 @@ def _epochs(
     callbacks: Sequence[Any],
     validation: Any,
     first: int,
+    verbose: int,
 ) -> Epochs:
     import keras
 
     config = p.config
     steps = math.ceil(p.data.rows / config.batch_size)
     chosen = keras.callbacks.CallbackList(
-        list(callbacks), add_history=True, model=model, epochs=config.epochs, steps=steps, verbose=0
+        list(callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        model=model,
+        epochs=config.epochs,
+        steps=steps,
+        verbose=verbose,
     )
     names = log_names(model, p.data.columns.one_hot, p.data.classes)
+    server.track_epochs(p.workers)
     return Epochs(
         model,
         server,
@@ -290,18 +303,27 @@ def _epochs(
         chosen,
         names,
         validation,
-        workers=p.workers,
         first=first,
         epochs=config.epochs - first,
         batch_size=config.batch_size,
+        steps=steps,
     )
 
 
 def _named_callbacks(config: RunConfig, given: Sequence[Any], validated: bool) -> list[Any]:
-    """The callbacks the settings ask for (a TensorBoard callback among those `given` is kept)."""
-    if config.early_stopping is None and config.tensorboard is None:
+    """The callbacks the settings ask for (a TensorBoard callback among those `given` is kept),
+    after a check of those `given` that would fail only once an epoch ends."""
+    if not given and config.early_stopping is None and config.tensorboard is None:
         return []
     import keras
+
+    for c in given:
+        path = str(getattr(c, "filepath", ""))
+        if type(c) is keras.callbacks.ModelCheckpoint and is_uri(path) and not path.startswith(KERAS_URIS):
+            raise SettingError(
+                f"Keras' ModelCheckpoint cannot write {path}; distkeras_plus.callbacks.ModelCheckpoint "
+                "takes the same arguments and writes any URI Spark reaches"
+            )
 
     named = []
     if config.early_stopping is not None:
@@ -461,9 +483,9 @@ class _Watch:
                 self._cancel()
                 return
             stats = server.stats() if server else None
-            if self.epochs is not None and stats is not None:
+            if self.epochs is not None:
                 try:
-                    self.epochs.poll(stats)
+                    self.epochs.poll()
                 except Exception as e:  # the user's callback: raised on the driver's thread
                     self.error = e
                     self._cancel()

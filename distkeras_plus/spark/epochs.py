@@ -2,8 +2,9 @@
 
 Workers tell the parameter server their epoch and their window's loss and metrics with every
 commit; the server sums them per epoch. An epoch is done once every worker has committed in a
-later one (the last, once the training stage has ended). Then the driver's model takes the
-centre's weights, is evaluated on the validation data, and every Keras callback's
+later one (the last, once the training stage has ended), and the server keeps a copy of the
+centre at that moment. Then the driver's model takes those weights, is evaluated on the
+validation data, and every Keras callback's
 `on_epoch_end(epoch, logs)` runs with `logs` the epoch's means over all the workers' steps and
 the `val_*` scores: `model.fit`'s meaning, for the cluster as a whole. What the callbacks decide
 (`model.stop_training`, a new learning rate) goes back to the workers in the server's replies.
@@ -52,17 +53,18 @@ class Epochs:
         names: Sequence[str],
         validation: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None,
         *,
-        workers: int,
         first: int,
         epochs: int,
         batch_size: int,
+        steps: int,
     ) -> None:
         import keras
 
         self.model, self.server, self.layout, self.callbacks = model, server, layout, callbacks
         self.history = next(c for c in callbacks.callbacks if isinstance(c, keras.callbacks.History))
         self.names, self.validation = list(names), validation
-        self.workers, self.first, self.epochs, self.batch_size = workers, first, epochs, batch_size
+        self.first, self.epochs, self.batch_size = first, epochs, batch_size
+        self.steps = steps  # the cluster's mini-batches in an epoch
         self.done = 0  # epochs of this run whose end the callbacks have seen
         self.stopped = False
         self.learning_rate = current_learning_rate(model)
@@ -85,14 +87,16 @@ class Epochs:
             return rate
         return None
 
-    def poll(self, stats: dict[str, Any]) -> None:
-        """Ends every epoch that every worker has left behind."""
-        workers = [w for w in stats.get("workers", {}).values() if w.get("commits")]
-        if len(workers) < self.workers:
-            return
-        left = min(int(w["epoch"]) for w in workers)
-        while not self.stopped and self.done < min(left, self.epochs):
+    def poll(self) -> None:
+        """Ends every epoch that every worker has left behind, then tells the callbacks how far
+        the cluster is into the next (`on_train_batch_end` with the cluster's steps so far: a
+        progress bar moves, at the pace of the polls)."""
+        while not self.stopped and self.done < min(self.server.epochs_ended, self.epochs):
             self._end(self.done)
+        current = self.server.epochs().get(self.done)
+        if current is not None and not self.stopped and self.done < self.epochs:
+            step = min(self.steps, math.ceil(current["samples"] / self.batch_size))
+            self.callbacks.on_train_batch_end(step - 1, self._logs(current["means"]))
 
     def finish(self) -> None:
         """After the training stage: the epochs that ended with it, then `on_train_end`."""
@@ -100,14 +104,17 @@ class Epochs:
         while not self.stopped and self.done < min(reported, self.epochs):
             self._end(self.done)
         if not self.stopped:
-            self.model.set_weights(FlatWeights(self.layout, self.server.centre.to_numpy()).views)
+            self._take(self.server.centre.to_numpy())
         self.callbacks.on_train_end()
 
+    def _logs(self, means: Sequence[float]) -> dict[str, float]:
+        return {n: float(v) for n, v in zip(self.names, means, strict=False) if math.isfinite(v)}
+
     def _end(self, epoch: int) -> None:
-        means = self.server.epochs().get(epoch, {}).get("means", [])
-        logs = {n: float(v) for n, v in zip(self.names, means, strict=False) if math.isfinite(v)}
-        # The centre as it is now: the weights this epoch ended with, and the ones it is judged by.
-        self.model.set_weights(FlatWeights(self.layout, self.server.centre.to_numpy()).views)
+        logs = self._logs(self.server.epochs().get(epoch, {}).get("means", []))
+        # The centre as the epoch left it (the last epochs end with the training: the centre now).
+        kept = self.server.take_epoch_centre(epoch)
+        self._take(kept if kept is not None else self.server.centre.to_numpy())
         if self.validation is not None:
             x, y = self.validation
             scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
@@ -124,6 +131,9 @@ class Epochs:
         if rate != self.learning_rate:
             self.learning_rate = rate
             self.server.set_control(stop=False, learning_rate=rate)
+
+    def _take(self, centre: npt.NDArray[np.float32]) -> None:
+        self.model.set_weights(FlatWeights(self.layout, centre).views)
 
 
 def current_learning_rate(model: Any) -> float | None:

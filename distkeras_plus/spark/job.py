@@ -61,6 +61,7 @@ def run_training(
     job: JobConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
     resume: Checkpoint | None = None,
+    verbose: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Trains, evaluates and saves; returns the report that `dk train` prints and the history
     (what `--history-file` holds: the per-epoch History and each worker's rows)."""
@@ -91,6 +92,7 @@ def run_training(
         record=job.to_dict(),
         prepared=prepared,
         validation=job.validation_data,
+        verbose=verbose,
     )
     scores = (
         evaluate(

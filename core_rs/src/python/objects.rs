@@ -328,6 +328,33 @@ impl PyServer {
         Ok(())
     }
 
+    /// From now on the run has `workers` workers (ids 0..workers-1): when the last of them
+    /// commits in a later epoch than `e`, epoch `e` ends and the server keeps the centre as it
+    /// was then, for `take_epoch_centre(e)`.
+    fn track_epochs(&self, py: Python<'_>, workers: u32) -> PyResult<()> {
+        let server = &self.inner;
+        released(py, || server.track_epochs(workers))
+    }
+
+    /// How many epochs have ended: epochs 0..epochs_ended-1.
+    #[getter]
+    fn epochs_ended(&self, py: Python<'_>) -> u32 {
+        let server = &self.inner;
+        py.detach(|| server.epochs_ended())
+    }
+
+    /// The centre as epoch `epoch` ended (a new float32 array), handed over once: None if that
+    /// epoch has not ended or its centre was taken.
+    fn take_epoch_centre<'py>(
+        &self,
+        py: Python<'py>,
+        epoch: u32,
+    ) -> Option<Bound<'py, PyArray1<f32>>> {
+        let server = &self.inner;
+        let centre = py.detach(|| server.take_epoch_centre(epoch))?;
+        Some(PyArray1::from_vec(py, centre))
+    }
+
     /// Each epoch's logs over every worker, by epoch: `samples` (the samples of its applied
     /// commits' windows) and `means` (each logs value's mean, weighted by window samples, over
     /// the samples for which it was finite; NaN where it never was).
@@ -514,7 +541,8 @@ impl PyClient {
     /// What the next commits tell the server of this worker's training: samples so far, the
     /// epoch, and the window's logs (mean loss first, then each metric's mean; at most
     /// `MAX_LOGS`). The driver shows it as progress and averages the logs per epoch.
-    #[pyo3(signature = (samples, epoch = 0, logs = Vec::new()))]
+    // The text signature says what the default is; PyO3 would show `logs=...` for `Vec::new()`.
+    #[pyo3(signature = (samples, epoch = 0, logs = Vec::new()), text_signature = "($self, samples, epoch=0, logs=())")]
     fn set_progress(&mut self, samples: u64, epoch: u32, logs: Vec<f32>) -> PyResult<()> {
         let progress = Progress {
             samples,
