@@ -136,8 +136,13 @@ def test_a_learning_rate_schedule_reaches_the_workers(spark: Any, digits_data: A
         return 0.02 * 0.5**epoch
 
     schedule = keras.callbacks.LearningRateScheduler(rate)
+    # Workers do not wait for the driver: epochs of a few seconds (digits 8 times over) leave it
+    # the time to set each epoch's rate early in the epoch.
+    df = digits_data.to_spark(spark)
+    for _ in range(3):
+        df = df.unionAll(df)
     result = distkeras_plus.train(
-        digits_data.to_spark(spark),
+        df,
         default_model(64, 10),
         "adag",
         num_workers=2,

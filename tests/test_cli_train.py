@@ -59,6 +59,29 @@ def run(args: list[str], env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, args, env=env)
 
 
+def test_a_saved_compiled_model_trains_with_its_own_compile(
+    spark: Any, digits_dir: Path, tmp_path: Path
+) -> None:
+    import keras
+
+    model = default_model(64, 10)
+    model.compile(optimizer=keras.optimizers.SGD(0.07, momentum=0.5), loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / "sgd.keras")
+    history = tmp_path / "history.json"
+    args = ["train", "--data", str(digits_dir / "parquet"), "--model", str(tmp_path / "sgd.keras"),
+            "--epochs", "2", "--output", str(tmp_path / "out.keras"),
+            "--history-file", str(history)]  # fmt: skip
+    result = run(args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(history.read_text())["workers"]
+    assert {round(r["learning_rate"], 7) for r in rows} == {0.07}
+    trained = keras.saving.load_model(tmp_path / "out.keras")  # saved compiled as it trained
+    assert trained.optimizer.get_config()["momentum"] == pytest.approx(0.5)
+    result = run([*args, "--learning-rate", "0.01", "--overwrite"])  # the command line wins
+    assert result.exit_code == 0, result.output
+    assert {round(r["learning_rate"], 7) for r in json.loads(history.read_text())["workers"]} == {0.01}
+
+
 def one_line_error(result: Any) -> str:
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -277,6 +277,7 @@ def test_cancel_stops_every_process_of_a_running_job(world: dict[str, Any], mode
         ('{"data": "file:///etc/passwd"}', "outside the folders"),
         ('{"data": "ftp://host/x"}', "scheme 'ftp' is not served"),
         ('{"data": "{data}", "test_data": "/etc"}', "test_data: the path is outside"),
+        ('{"data": "{data}", "validation_data": "/etc"}', "validation_data: the path is outside"),
     ],
 )
 def test_malformed_specs_are_refused_at_once(

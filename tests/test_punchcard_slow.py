@@ -75,8 +75,9 @@ def test_a_real_training_job_end_to_end(setup: tuple[Path, Path], tmp_path: Path
         before = keras.saving.load_model(model_file, compile=False).get_weights()
         assert [w.shape for w in model.get_weights()] == [(64, 32), (32,), (32, 10), (10,)]
         assert all((a != b).any() for a, b in zip(model.get_weights(), before, strict=True))  # it trained
-        assert isinstance(history, list) and history and {"worker", "loss"} <= set(history[0])
-        assert {h["worker"] for h in history} == {0, 1}
+        assert history["epoch"] == [0, 1] and len(history["history"]["loss"]) == 2
+        rows = history["workers"]
+        assert rows and {"worker", "loss"} <= set(rows[0]) and {h["worker"] for h in rows} == {0, 1}
     finally:
         daemon.stop()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 import distkeras_plus
 from distkeras_plus import ADAG, TrainingError
 from distkeras_plus.data.datasets import default_model
-from distkeras_plus.errors import DataError, OptionError, PluginError
+from distkeras_plus.errors import DataError, OptionError, PluginError, SettingError
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -110,18 +110,27 @@ def test_bad_input_is_a_clear_error(spark: Any, digits_data: Any) -> None:
 
 
 def test_a_failing_worker_fails_the_run_with_its_message(spark: Any, digits_data: Any) -> None:
-    # Class indices with a loss for one-hot labels: Keras refuses the first batch, on every worker.
-    with pytest.raises(TrainingError, match=r"^training with adag failed: worker \d: ValueError: ") as err:
+    # Class indices with a loss for one-hot labels. With a parameter server the driver computes
+    # the loss once first and says so; the ensemble's workers meet it on their first batch.
+    df = digits_data.to_spark(spark)
+    with pytest.raises(SettingError, match=r"^the model's loss or metrics do not suit class-index labels: "):
+        distkeras_plus.train(df, default_model(64, 10), "adag", loss="categorical_crossentropy")
+    with pytest.raises(TrainingError, match=r"^training with ensemble failed: worker \d: ValueError: "):
+        distkeras_plus.train(df, default_model(64, 10), "ensemble", loss="categorical_crossentropy")
+
+
+def test_a_failing_callback_stops_the_run_and_the_server(spark: Any, digits_data: Any) -> None:
+    import keras
+
+    def boom(epoch: int, logs: Any) -> None:
+        raise RuntimeError(f"boom at epoch {epoch}")
+
+    failing = keras.callbacks.LambdaCallback(on_epoch_end=boom)
+    with pytest.raises(RuntimeError, match=r"^boom at epoch 0$"):
         distkeras_plus.train(
-            digits_data.to_spark(spark),
-            default_model(64, 10),
-            "adag",
-            epochs=1,
-            loss="categorical_crossentropy",
+            digits_data.to_spark(spark), default_model(64, 10), "adag", epochs=50, callbacks=[failing]
         )
-    host, port = str(err.value.ps_address).rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection((host, int(port)), timeout=2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("dk-ps-")]  # the server stopped
 
 
 def installer() -> list[str]:

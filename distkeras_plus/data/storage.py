@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,25 +132,30 @@ def save_model_file(model: Any, path: str, spark: Any | None = None) -> str:
     return path
 
 
-def load_model_file(path: str, spark: Any | None = None) -> Any:
-    """Loads a `.keras` model from a local path or a Hadoop URI, in Keras' safe mode (no code)."""
+def load_model_file(path: str, spark: Any | None = None, compiled: bool = False) -> Any:
+    """Loads a `.keras` model from a local path or a Hadoop URI, in Keras' safe mode (no code);
+    `compiled`: compiled as it was saved, where Keras can (a model to train keeps its compile())."""
     keras = import_keras()
 
     if not is_uri(path):
         if not Path(path).is_file():
             raise MissingFileError(f"no model file at {path}")
-        return _load(keras, Path(path))
+        return _load(keras, Path(path), compiled)
     if spark is None:
         raise StorageError(f"loading from {path} needs a Spark session")
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / "model.keras"
         download(spark, path, local)
-        return _load(keras, local)
+        return _load(keras, local, compiled)
 
 
-def _load(keras: Any, path: Path) -> Any:
+def _load(keras: Any, path: Path, compiled: bool) -> Any:
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
+        with warnings.catch_warnings():
+            # A compile config Keras cannot rebuild leaves the model uncompiled, with a warning:
+            # it then trains with the run's defaults, as a model saved uncompiled does.
+            warnings.simplefilter("ignore")
+            return keras.saving.load_model(path, compile=compiled, safe_mode=True)
     except Exception as e:
         raise ModelError(
             f"{path} is not a Keras model file: {str(e).splitlines()[0] if str(e) else e!r}"

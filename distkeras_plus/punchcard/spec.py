@@ -46,6 +46,10 @@ class _Spec(BaseModel):
         return JobConfig(**{n: getattr(self, n) for n, _, _ in remote_settings()})
 
 
+#: The settings that name data on the daemon's machine: checked against its data roots.
+PATHS = ("data", "test_data", "validation_data")
+
+
 def _field(name: str, s: Setting, hint: Any) -> tuple[Any, Any]:
     """A job-spec field with the setting's type, default, help and checks (and, for names that
     end up on the daemon's command line, its stricter alphabet)."""
@@ -53,7 +57,7 @@ def _field(name: str, s: Setting, hint: Any) -> tuple[Any, Any]:
     kind = s.text or kind
     if name == "options":
         kind = dict[OptionKey, str | bool | int | float]
-    elif name in ("data", "test_data"):
+    elif name in PATHS:
         kind = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     elif kind is str and s.pattern:
         kind = Annotated[str, StringConstraints(pattern=s.pattern, max_length=128)]
@@ -121,9 +125,9 @@ def check(spec: _Spec, data_roots: Sequence[Path] = ()) -> None:
         optimizer.rule_for(optimizer.parse_options(config.options), config.workers)
     except DkError as e:
         raise SpecError(str(e)) from None
-    _check_data("data", config.data or "", data_roots)
-    if config.test_data is not None:
-        _check_data("test_data", config.test_data, data_roots)
+    for name in PATHS:
+        if (path := getattr(config, name)) is not None or name == "data":
+            _check_data(name, path or "", data_roots)
 
 
 def _check_data(field: str, data: str, roots: Sequence[Path]) -> None:

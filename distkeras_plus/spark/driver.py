@@ -167,6 +167,9 @@ def train(
     spark = df.sparkSession
     held_out = validation_arrays(spark, validation, model, config) if validation is not None else None
     compiling.compile_model(model, p.compiled)
+    # Keras computes the loss and metrics once, on the driver: a loss that does not suit the labels
+    # is one line before anything starts, and the names of what workers report are Keras' own.
+    names = log_names(model, p.data.columns.one_hot, p.data.classes) if p.rule is not None else []
     flat = FlatWeights.from_arrays(model.get_weights())
     start_clock, epochs_before = 0, 0
     if resume is not None:
@@ -205,7 +208,7 @@ def train(
             )
             server = ParameterServer(centre, flat.layout, secret, host=bind, idle_timeout=config.timeout)
             address = f"{host}:{server.port}"
-            epochs = _epochs(p, model, server, flat, callbacks, held_out, epochs_before, verbose)
+            epochs = _epochs(p, model, server, flat, callbacks, names, held_out, epochs_before, verbose)
             board = ServerBoard(config.tensorboard) if config.tensorboard is not None else None
             rate = epochs.begin()
             if rate is not None:  # a schedule's first epoch: the workers start with its rate
@@ -217,7 +220,7 @@ def train(
             options=p.options,
             model=model_bytes(model),
             compiled=compiled,
-            log_names=epochs.names if epochs is not None else [],
+            log_names=names,
             batch_size=config.batch_size,
             epochs=config.epochs - epochs_before,
             start_clock=start_clock,
@@ -277,6 +280,7 @@ def _epochs(
     server: ParameterServer,
     flat: FlatWeights,
     callbacks: Sequence[Any],
+    names: list[str],
     validation: Any,
     first: int,
     verbose: int,
@@ -294,7 +298,6 @@ def _epochs(
         steps=steps,
         verbose=verbose,
     )
-    names = log_names(model, p.data.columns.one_hot, p.data.classes)
     server.track_epochs(p.workers)
     return Epochs(
         model,

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from distkeras_plus.errors import SettingError, exception_line
 from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.worker import compiling
 
 
 def log_names(model: Any, one_hot: bool, classes: int) -> list[str]:
@@ -29,7 +31,13 @@ def log_names(model: Any, one_hot: bool, classes: int) -> list[str]:
     names for the compiled model's loss and metrics, found from one batch of zeros."""
     x = np.zeros((1, *model.input_shape[1:]), np.float32)
     y = np.zeros((1, classes), np.float32) if one_hot else np.zeros((1,), np.int32)
-    logs = model.test_on_batch(x, y, return_dict=True)
+    try:
+        logs = model.test_on_batch(x, y, return_dict=True)
+    except Exception as e:  # Keras refusing the compiled loss or metrics for these labels
+        form = "one-hot labels" if one_hot else "class-index labels"
+        raise SettingError(
+            f"the model's loss or metrics do not suit {form}: {exception_line(str(e))}"
+        ) from None
     model.reset_metrics()
     return ordered(logs)
 
@@ -67,7 +75,7 @@ class Epochs:
         self.steps = steps  # the cluster's mini-batches in an epoch
         self.done = 0  # epochs of this run whose end the callbacks have seen
         self.stopped = False
-        self.learning_rate = current_learning_rate(model)
+        self.learning_rate = compiling.learning_rate_of(model)
 
     def begin(self) -> float | None:
         """`on_train_begin` and the first `on_epoch_begin`; returns the learning rate the
@@ -81,7 +89,7 @@ class Epochs:
             self.model.evaluate(x[:rows], y[:rows], batch_size=self.batch_size, verbose=0)
         self.callbacks.on_train_begin()
         self.callbacks.on_epoch_begin(self.first)
-        rate = current_learning_rate(self.model)
+        rate = compiling.learning_rate_of(self.model)
         if rate != self.learning_rate:
             self.learning_rate = rate
             return rate
@@ -127,21 +135,10 @@ class Epochs:
             return
         if self.done < self.epochs:
             self.callbacks.on_epoch_begin(self.first + self.done)
-        rate = current_learning_rate(self.model)
+        rate = compiling.learning_rate_of(self.model)
         if rate != self.learning_rate:
             self.learning_rate = rate
             self.server.set_control(stop=False, learning_rate=rate)
 
     def _take(self, centre: npt.NDArray[np.float32]) -> None:
         self.model.set_weights(FlatWeights(self.layout, centre).views)
-
-
-def current_learning_rate(model: Any) -> float | None:
-    """The driver's model's learning rate, as the callbacks left it (None for a schedule)."""
-    import keras
-
-    optimizer = model.optimizer
-    schedule = keras.optimizers.schedules.LearningRateSchedule
-    if isinstance(getattr(optimizer, "_learning_rate", None), schedule):
-        return None
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -75,9 +75,11 @@ def run_training(
     train_df, test_df, data_name = split_data(spark, job)
     prepared = None
     if resume is not None:
-        model = load_model_file(Folder(job.checkpoint_dir or "", spark).path("model.keras"), spark)
+        model = load_model_file(
+            Folder(job.checkpoint_dir or "", spark).path("model.keras"), spark, compiled=True
+        )
     elif job.model is not None:
-        model = load_model_file(job.model, spark)
+        model = load_model_file(job.model, spark, compiled=True)
     else:
         prepared = prepare(train_df, job.features, job.label)
         model = default_model(prepared.columns.num_features, max(2, prepared.classes), job.seed)

@@ -87,6 +87,16 @@ def compile_model(model: Any, config: dict[str, Any]) -> None:
     model.compile_from_config(config)
 
 
+def learning_rate_of(model: Any) -> float | None:
+    """A compiled model's learning rate now (None for a schedule, which has no one rate)."""
+    import keras
+
+    rate = getattr(model.optimizer, "_learning_rate", None)
+    if rate is None or isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return None
+    return float(keras.ops.convert_to_numpy(rate))
+
+
 def with_learning_rate(config: dict[str, Any], rate: float) -> dict[str, Any]:
     """A copy of a compile config whose optimizer has this learning rate."""
     optimizer = config["optimizer"]

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from distkeras_plus._core import Client, Layout
 from distkeras_plus.errors import PluginError
 from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.worker import compiling
 from distkeras_plus.worker.partition import Batches
 from distkeras_plus.worker.steps import Steps
 
@@ -166,14 +167,6 @@ class WorkerContext:
         self._follow(client)
         return clock, staleness
 
-    def _learning_rate(self) -> float | None:
-        import keras
-
-        rate = getattr(self.model.optimizer, "_learning_rate", None)
-        if rate is None or isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-            return None
-        return float(keras.ops.convert_to_numpy(rate))
-
     def _follow(self, client: Client) -> None:
         """What the driver said in the server's reply: a new learning rate, or stop."""
         rate = client.learning_rate
@@ -209,7 +202,7 @@ class WorkerContext:
             "loss": None,
             **{k: (None if math.isnan(v) else v) for k, v in means.items()},
             "clock": self.clock,
-            "learning_rate": self._learning_rate(),
+            "learning_rate": compiling.learning_rate_of(self.model),
             "compute_seconds": self.compute_seconds,
             "comm_seconds": self.comm_seconds,
             **extra,
