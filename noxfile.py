@@ -62,6 +62,7 @@ def typecheck(session: nox.Session) -> None:
     session.install("numpy", "click", "pluggy", "pyspark>=4.0,<5", "mypy", "pytest", "hypothesis")
     # Punchcard's daemon and client, and its page test, are typed against these.
     session.install("fastapi", "uvicorn", "httpx", "pydantic", "selenium")
+    session.install("matplotlib")  # dk history plot; typed
     session.run("mypy")
     # -P: check the installed module, not the checkout (which has no compiled _core).
     session.run(
