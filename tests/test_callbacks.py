@@ -229,3 +229,29 @@ def test_tensorboard_gets_the_epochs_and_the_servers_scalars(
     assert int(server["bytes_received"][-1][1]) == result.ps_stats["bytes_in"]
     ((_, buckets),) = server["staleness"]  # (left edge, right edge, count) per bucket
     assert int(buckets[:, 2].sum()) == result.ps_stats["commits"]
+
+
+def test_a_synchronous_run_stops_at_a_round_boundary(spark: Any, digits_data: Any) -> None:
+    import keras
+
+    def stop_after_second(epoch: int, logs: Any) -> None:
+        if epoch == 1:
+            stopper.model.stop_training = True
+
+    stopper = keras.callbacks.LambdaCallback(on_epoch_end=stop_after_second)
+    epochs = 60
+    result = distkeras_plus.train(
+        digits_data.to_spark(spark),
+        default_model(64, 10),
+        "averaging",
+        num_workers=2,
+        epochs=epochs,
+        window=4,
+        batch_size=8,
+        callbacks=[stopper],
+    )
+    assert result.history.epoch == [0, 1]
+    commits = [r for r in result.worker_history if "staleness" in r]
+    rounds = {w: sum(1 for r in commits if r["worker"] == w) for w in (0, 1)}
+    assert rounds[0] == rounds[1] == result.ps_stats["clock"]  # every worker ended after the same round
+    assert result.samples < epochs * len(digits_data.x_train) / 4
