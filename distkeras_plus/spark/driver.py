@@ -485,7 +485,6 @@ class _Watch:
             if self.failed():
                 self._cancel()
                 return
-            stats = server.stats() if server else None
             if self.epochs is not None:
                 try:
                     self.epochs.poll()
@@ -496,6 +495,7 @@ class _Watch:
             if time.perf_counter() - shown < 0.95:
                 continue
             shown = time.perf_counter()
+            stats = server.stats() if server else None
             if self.progress is not None:
                 self.progress(progress_of(stats, time.perf_counter() - self.started))
             if self.board is not None and stats is not None:

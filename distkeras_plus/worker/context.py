@@ -64,7 +64,7 @@ class WorkerContext:
     clock: int = 0
     _log_sums: dict[str, float] = field(default_factory=dict)  # log x samples, since the last row
     _log_samples: int = 0
-    _rate: float | None = None  # the learning rate the driver last set
+    _rate: float | None = None  # the optimizer's learning rate (None for a schedule)
 
     _skip: int = 0
 
@@ -74,6 +74,8 @@ class WorkerContext:
         self.centre = FlatWeights(layout)  # the centre as last received
         self.local = FlatWeights(layout)  # the model's own weights, flattened
         self._steps = Steps(self.model)
+        # Read once: only `_follow` changes it, so a commit need not ask the backend.
+        self._rate = compiling.learning_rate_of(self.model)
 
     # ---- local training ----
 
@@ -202,7 +204,7 @@ class WorkerContext:
             "loss": None,
             **{k: (None if math.isnan(v) else v) for k, v in means.items()},
             "clock": self.clock,
-            "learning_rate": compiling.learning_rate_of(self.model),
+            "learning_rate": self._rate,
             "compute_seconds": self.compute_seconds,
             "comm_seconds": self.comm_seconds,
             **extra,
