@@ -145,6 +145,15 @@ class RunConfig:
         below=True,
         remote=True,
     )
+    validation_in_memory_mb: int = setting(
+        256,
+        "MiB of validation data the driver holds and evaluates itself; larger validation data is "
+        "evaluated on Spark at every epoch's end, in a task slot the training leaves free.",
+        minimum=0,
+        maximum=1 << 30,
+        metavar="MIB",
+        remote=True,
+    )
     early_stopping: int | None = setting(
         None,
         "Stop once --monitor has not improved for this many epochs, and keep the best epoch's weights.",

@@ -177,6 +177,50 @@ def test_validation_split_holds_data_out(spark: Any, digits_data: Any) -> None:
     assert len(result.history.history["val_accuracy"]) == 2
 
 
+def test_large_validation_data_is_evaluated_on_spark_to_keras_own_scores(
+    spark: Any, digits_data: Any
+) -> None:
+    import keras
+
+    model = default_model(64, 10)
+    top3 = keras.metrics.SparseTopKCategoricalAccuracy(3, name="top3")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy", top3])
+    test_df = digits_data.to_spark(spark, "test").repartition(3)  # partial sums from three tasks
+    keep = kept()
+    distkeras_plus.train(
+        digits_data.to_spark(spark),
+        model,
+        "adag",
+        num_workers=1,  # the second slot evaluates
+        epochs=2,
+        window=4,
+        callbacks=[keep],
+        validation_data=test_df,
+        validation_in_memory_mb=0,  # any size is large: on Spark
+    )
+    assert [set(logs) for logs in keep.logs] == [
+        {"loss", "accuracy", "top3", *(f"val_{k}" for k in ("loss", "accuracy", "top3"))}
+    ] * 2
+    for logs, weights in zip(keep.logs, keep.weights, strict=True):
+        model.set_weights(weights)
+        whole = model.evaluate(digits_data.x_test, digits_data.y_test, verbose=0, return_dict=True)
+        for name, value in whole.items():  # what Keras gives for the whole data set at once
+            assert logs[f"val_{name}"] == pytest.approx(value, abs=1e-5), name
+        assert logs["val_loss"] == pytest.approx(evaluate(test_df, model).loss, abs=1e-5)
+
+
+def test_validation_on_spark_needs_a_free_task_slot(spark: Any, digits_data: Any) -> None:
+    with pytest.raises(SettingError, match="its 2 workers take all 2: train with fewer workers"):
+        distkeras_plus.train(
+            digits_data.to_spark(spark),
+            default_model(64, 10),
+            "adag",
+            num_workers=2,
+            validation_data=digits_data.to_spark(spark, "test"),
+            validation_in_memory_mb=0,
+        )
+
+
 def test_callbacks_need_a_parameter_server(spark: Any, digits_data: Any) -> None:
     import keras
 

@@ -23,7 +23,6 @@ import numpy as np
 from distkeras_plus._core import ELASTIC_CODECS, Centre, Codec, ParameterServer
 from distkeras_plus.data.storage import is_uri, model_bytes, save_model_file
 from distkeras_plus.data.tables import Prepared, check_model, default_loss, prepare, read
-from distkeras_plus.data.tables import arrays as tables_arrays
 from distkeras_plus.errors import SettingError, TrainingError, exception_line
 from distkeras_plus.plugins import registry
 from distkeras_plus.plugins.spec import OptimizerSpec, RuleChoice
@@ -35,6 +34,7 @@ from distkeras_plus.spark import session
 from distkeras_plus.spark.board import ServerBoard
 from distkeras_plus.spark.epochs import Epochs, log_names
 from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
+from distkeras_plus.spark.validation import validation_for
 from distkeras_plus.worker import compiling
 
 #: The URIs Keras writes itself (through TensorFlow's file layer).
@@ -165,7 +165,9 @@ def train(
     callbacks = [*callbacks, *_named_callbacks(config, callbacks, validation is not None)]
     p = plan(df, model, config, prepared, watched=bool(callbacks) or validation is not None)
     spark = df.sparkSession
-    held_out = validation_arrays(spark, validation, model, config) if validation is not None else None
+    held_out = None
+    if validation is not None:
+        held_out = validation_for(spark, validation, model, config, p.compiled, p.workers)
     compiling.compile_model(model, p.compiled)
     # Keras computes the loss and metrics once, on the driver: a loss that does not suit the labels
     # is one line before anything starts, and the names of what workers report are Keras' own.
@@ -347,17 +349,6 @@ def _history(model: Any) -> Any:
     history = keras.callbacks.History()
     history.set_model(model)
     return history
-
-
-def validation_arrays(spark: Any, validation: Any, model: Any, config: RunConfig) -> tuple[Any, Any]:
-    """The validation data (a DataFrame or a path), checked as the training data is, as arrays
-    on the driver: it is evaluated there at every epoch's end while the workers go on."""
-    if isinstance(validation, str | Path):
-        validation = read(spark, validation, config.features, config.label)
-    data = prepare(validation, config.features, config.label)
-    check_model(model, data, config.label)
-    (batch,) = data.df.toArrow().combine_chunks().to_batches()
-    return tables_arrays(batch, data.columns.num_features, data.columns.one_hot)
 
 
 class _Reported:

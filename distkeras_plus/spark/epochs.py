@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from distkeras_plus.errors import SettingError, exception_line
 from distkeras_plus.ps.weights import FlatWeights
+from distkeras_plus.spark.validation import Held, OnSpark
 from distkeras_plus.worker import compiling
 
 
@@ -59,7 +60,7 @@ class Epochs:
         layout: Any,
         callbacks: Any,
         names: Sequence[str],
-        validation: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None,
+        validation: Held | OnSpark | None,
         *,
         first: int,
         epochs: int,
@@ -82,11 +83,7 @@ class Epochs:
         workers start with when a callback changed it (a schedule's first epoch)."""
         self.model.stop_training = False
         if self.validation is not None:
-            # Keras traces its evaluation on a first call (seconds): done now, an epoch's end
-            # reaches the workers sooner.
-            x, y = self.validation
-            rows = 2 * self.batch_size + 1  # a full batch and a partial one
-            self.model.evaluate(x[:rows], y[:rows], batch_size=self.batch_size, verbose=0)
+            self.validation.warm(self.model)
         self.callbacks.on_train_begin()
         self.callbacks.on_epoch_begin(self.first)
         rate = compiling.learning_rate_of(self.model)
@@ -124,9 +121,7 @@ class Epochs:
         kept = self.server.take_epoch_centre(epoch)
         self._take(kept if kept is not None else self.server.centre.to_numpy())
         if self.validation is not None:
-            x, y = self.validation
-            scores = self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
-            logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+            logs.update({f"val_{k}": v for k, v in self.validation.scores(self.model).items()})
         self.callbacks.on_epoch_end(self.first + epoch, logs)
         self.done = epoch + 1
         if self.model.stop_training:
