@@ -1,5 +1,7 @@
 """Spark ML stages for Keras data: column-wise transformers (Spark SQL expressions, no Python per
-row), a `ModelPredictor` (Arrow batches) and evaluators, all composable in a `pyspark.ml.Pipeline`.
+row), a `ModelPredictor` (Arrow batches) and evaluators, all composable in a `pyspark.ml.Pipeline`
+and saved and loaded as Spark ML saves its own (`stage.write().overwrite().save(path)`,
+`Class.load(path)`, a whole `PipelineModel`).
 
     Pipeline(stages=[
         VectorToArrayTransformer(inputCol="raw", outputCol="x"),
@@ -12,6 +14,7 @@ row), a `ModelPredictor` (Arrow batches) and evaluators, all composable in a `py
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from pyspark.ml import Estimator, Transformer
@@ -19,14 +22,26 @@ from pyspark.ml.evaluation import Evaluator
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasInputCol, HasOutputCol
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.param.shared import HasInputCol, HasLabelCol, HasOutputCol, HasPredictionCol
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWritable,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from distkeras_plus.errors import DataError, SettingError
 from distkeras_plus.spark.predict import from_confusion, label_index, predict
+
+#: The Keras model of a saved stage, beside Spark ML's metadata.
+MODEL_FILE = "model.keras"
 
 
 def _column(df: DataFrame, name: str) -> tuple[Column, T.DataType]:
@@ -123,7 +138,13 @@ class StandardTransformer(_ColumnTransformer):
         return F.zip_with(centred, invs, lambda x, s: (x * s).cast("float"))
 
 
-class Standardizer(Estimator["StandardTransformer"], HasInputCol, HasOutputCol):
+class Standardizer(
+    Estimator["StandardTransformer"],
+    HasInputCol,
+    HasOutputCol,
+    DefaultParamsReadable["Standardizer"],
+    DefaultParamsWritable,
+):
     """Learns each element's mean and standard deviation (Spark SQL aggregates) and gives the
     `StandardTransformer` that applies them."""
 
@@ -213,16 +234,22 @@ class ReshapeTransformer(_ColumnTransformer):
     shape = Param(Params._dummy(), "shape", "the output shape", TypeConverters.toListInt)
 
     def __init__(
-        self, *, shape: list[int], inputCol: str = "features", outputCol: str = "features_shaped"
+        self,
+        *,
+        shape: list[int] | None = None,
+        inputCol: str = "features",
+        outputCol: str = "features_shaped",
     ) -> None:
         super().__init__()
         self._set(inputCol=inputCol, outputCol=outputCol)
-        if shape is not None:  # None only while Spark ML loads a saved stage, which sets it after
+        if shape is not None:  # Spark ML loads a saved stage without, and sets it after
             if not shape or any(d < 1 for d in shape):
                 raise SettingError(f"shape must be positive sizes, got {shape}")
             self._set(shape=shape)
 
     def _expr(self, col: Column, dtype: T.DataType) -> Column:
+        if not self.isDefined(self.shape):
+            raise SettingError("ReshapeTransformer needs a shape")
         shape = self.getOrDefault(self.shape)
         size = math.prod(shape)
         nested = F.when(F.size(col) == size, col).otherwise(
@@ -256,9 +283,83 @@ class VectorToArrayTransformer(_ColumnTransformer):
         return col.cast("array<float>")
 
 
-class ModelPredictor(Transformer):
+class KerasStage(Params, MLWritable, MLReadable[Any]):
+    """A stage that holds a Keras model: saved as Spark ML saves any stage (its Params in
+    `PATH/metadata`) with the model beside them as `PATH/model.keras`, on a local path or any
+    URI Spark reaches. Its class takes the model as its first argument."""
+
+    model: Any
+
+    def write(self) -> MLWriter:
+        return _KerasWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader[Any]:
+        return _KerasReader(cls)
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        """What else the stage saves in its metadata (plain JSON data)."""
+        return {}
+
+    def _restore(self, metadata: dict[str, Any]) -> None:
+        """Takes back what `_extra_metadata` saved."""
+
+
+class _KerasWriter(MLWriter):
+    def __init__(self, instance: KerasStage) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        from distkeras_plus.data.storage import save_model_file
+
+        try:
+            DefaultParamsWriter.saveMetadata(
+                self.instance, path, self.sparkSession, extraMetadata=self.instance._extra_metadata()
+            )
+        except TypeError as e:  # a Param holding a Python object (a Keras loss given as one)
+            raise SettingError(
+                f"cannot save {type(self.instance).__name__}: {e}; give names or configs, or compile "
+                "the model with the objects (its compile() is saved with it)"
+            ) from None
+        save_model_file(self.instance.model, os.path.join(path, MODEL_FILE), self.sparkSession)
+
+
+class _KerasReader(MLReader[Any]):
+    def __init__(self, cls: type[KerasStage]) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> Any:
+        from distkeras_plus.data.storage import load_model_file
+
+        expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        if metadata["class"] != expected:
+            raise DataError(f"{path} holds a {metadata['class']}, not a {expected}")
+        model = load_model_file(os.path.join(path, MODEL_FILE), self.sparkSession, compiled=True)
+        instance = self.cls(model)  # type: ignore[call-arg]
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        instance._restore(metadata)
+        return instance
+
+
+def _param(name: str, doc: str, converter: Any = TypeConverters.identity) -> Param[Any]:
+    return Param(Params._dummy(), name, doc, converter)
+
+
+class ModelPredictor(Transformer, KerasStage):
     """Adds a Keras model's predictions: `predictionCol` (class index, or the value of a model with
     one output) and `probabilityCol` (its outputs); with `labelCol` also `lossCol`, each row's loss."""
+
+    featuresCol = _param("featuresCol", "features column", TypeConverters.toString)
+    predictionCol = _param("predictionCol", "predicted class (or value) column", TypeConverters.toString)
+    probabilityCol = _param("probabilityCol", "the model's outputs column (none: not added)")
+    labelCol = _param("labelCol", "label column, to add each row's loss (none: no loss)")
+    loss = _param("loss", "Keras loss of lossCol", TypeConverters.toString)
+    lossCol = _param("lossCol", "each row's loss column", TypeConverters.toString)
+    batchSize = _param("batchSize", "rows the model predicts at once", TypeConverters.toInt)
 
     def __init__(
         self,
@@ -274,36 +375,48 @@ class ModelPredictor(Transformer):
     ) -> None:
         super().__init__()
         self.model = model
-        self.featuresCol, self.predictionCol, self.probabilityCol = featuresCol, predictionCol, probabilityCol
-        self.labelCol, self.loss, self.lossCol, self.batchSize = labelCol, loss, lossCol, batchSize
+        self._set(
+            featuresCol=featuresCol,
+            predictionCol=predictionCol,
+            probabilityCol=probabilityCol,
+            labelCol=labelCol,
+            loss=loss,
+            lossCol=lossCol,
+            batchSize=batchSize,
+        )
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
+        get = self.getOrDefault
+        label = get(self.labelCol)
         predicted: DataFrame = predict(
             dataset,
             self.model,
-            features_col=self.featuresCol,
-            prediction_col=self.predictionCol,
-            probability_col=self.probabilityCol,
-            label_col=self.labelCol,
-            loss=self.loss if self.labelCol else None,
-            loss_col=self.lossCol,
-            batch_size=self.batchSize,
+            features_col=get(self.featuresCol),
+            prediction_col=get(self.predictionCol),
+            probability_col=get(self.probabilityCol),
+            label_col=label,
+            loss=get(self.loss) if label else None,
+            loss_col=get(self.lossCol),
+            batch_size=get(self.batchSize),
         )
         return predicted
 
 
-class _LabelledEvaluator(Evaluator):
+class _LabelledEvaluator(
+    Evaluator, HasPredictionCol, HasLabelCol, DefaultParamsReadable[Any], DefaultParamsWritable
+):
     def __init__(self, *, predictionCol: str = "prediction", labelCol: str = "label") -> None:
         super().__init__()
-        self.predictionCol, self.labelCol = predictionCol, labelCol
+        self._set(predictionCol=predictionCol, labelCol=labelCol)
 
     def _pairs(self, dataset: DataFrame) -> DataFrame:
+        prediction, label = self.getPredictionCol(), self.getLabelCol()
         fields = {f.name: f.dataType for f in dataset.schema.fields}
-        for name in (self.predictionCol, self.labelCol):
+        for name in (prediction, label):
             if name not in fields:
                 raise DataError(f"no column {name!r}; the data has columns: {', '.join(fields)}")
-        truth = label_index(self.labelCol, fields[self.labelCol])
-        return dataset.select(truth.alias("t"), F.col(self.predictionCol).cast("int").alias("p"))
+        truth = label_index(label, fields[label])
+        return dataset.select(truth.alias("t"), F.col(prediction).cast("int").alias("p"))
 
     def isLargerBetter(self) -> bool:
         return True
@@ -327,19 +440,20 @@ class F1Evaluator(_LabelledEvaluator):
         return from_confusion([(r["t"], r["p"], r["count"], 0.0) for r in cells]).macro_f1
 
 
-class LossEvaluator(Evaluator):
+class LossEvaluator(Evaluator, DefaultParamsReadable["LossEvaluator"], DefaultParamsWritable):
     """The mean of a per-row loss column, as `ModelPredictor(labelCol=...)` writes it."""
+
+    lossCol = _param("lossCol", "each row's loss column", TypeConverters.toString)
 
     def __init__(self, *, lossCol: str = "loss") -> None:
         super().__init__()
-        self.lossCol = lossCol
+        self._set(lossCol=lossCol)
 
     def _evaluate(self, dataset: DataFrame) -> float:
-        if self.lossCol not in dataset.columns:
-            raise DataError(
-                f"no column {self.lossCol!r}: give ModelPredictor a labelCol to write each row's loss"
-            )
-        row = dataset.agg(F.avg(self.lossCol).alias("l")).first()
+        column = self.getOrDefault(self.lossCol)
+        if column not in dataset.columns:
+            raise DataError(f"no column {column!r}: give ModelPredictor a labelCol to write each row's loss")
+        row = dataset.agg(F.avg(column).alias("l")).first()
         if row is None or row["l"] is None:
             raise DataError("cannot evaluate empty data")
         return float(row["l"])

@@ -170,6 +170,15 @@ def model_bytes(model: Any) -> bytes:
         return path.read_bytes()
 
 
+def copy_model(model: Any) -> Any:
+    """A copy of `model` with its own weights, compiled as it is (through the `.keras` format)."""
+    keras = import_keras()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.keras"
+        model.save(path)
+        return _load(keras, path, compiled=True)
+
+
 def model_from_bytes(data: bytes) -> Any:
     """The model `model_bytes` made, loaded in Keras' safe mode."""
     import keras
