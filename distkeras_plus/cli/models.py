@@ -48,10 +48,10 @@ def _open(
     """A quiet Spark session, the model at `model` (a local path or a URI) and the data."""
     from distkeras_plus.data.storage import load_model_file
     from distkeras_plus.data.tables import read as read_table
-    from distkeras_plus.spark.session import local_session
+    from distkeras_plus.spark.session import local_session, quiet_logs
 
     spark = local_session(workers, master)
-    spark.sparkContext.setLogLevel("ERROR")
+    quiet_logs(spark)
     return spark, load_model_file(model, spark), read_table(spark, data, features, label, **read)
 
 

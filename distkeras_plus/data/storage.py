@@ -21,6 +21,12 @@ def is_uri(path: str) -> bool:
 
 def _hadoop(spark: Any, uri: str) -> tuple[Any, Any]:
     """The Hadoop FileSystem for `uri` and the `uri` as a Hadoop Path."""
+    from distkeras_plus.spark.session import is_connect
+
+    if is_connect(spark):
+        raise StorageError(
+            f"{uri}: Hadoop file systems need a classic Spark session for now; use a local path"
+        )
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path

@@ -123,7 +123,7 @@ def plan(
         )
     if decided.spec.synchronous:
         slots = session.task_slots(df.sparkSession)
-        if decided.workers > slots:
+        if slots is not None and decided.workers > slots:
             raise TrainingError(
                 f"{decided.spec.name} runs all {decided.workers} workers at once, "
                 f"but the cluster has {slots} task slots"
@@ -375,12 +375,11 @@ def _run_stage(
     A worker's error that a retry would meet again reaches the driver with its task's end (an
     accumulator), and the driver cancels the stage then, rather than when every worker is done.
     A callback's own error stops the run too, and is raised as it is."""
-    sc = p.data.df.sparkSession.sparkContext
-    reported = sc.accumulator([], _Reported())
+    spark = p.data.df.sparkSession
     group = f"distkeras-plus-{uuid.uuid4().hex}"
-
-    def report(line: str) -> None:
-        reported.add([line])
+    # Under Connect there are no accumulators: a worker's error arrives with the stage's end.
+    reported = None if session.is_connect(spark) else spark.sparkContext.accumulator([], _Reported())
+    report = None if reported is None else lambda line: reported.add([line])
 
     def task(batches: Iterator[Any]) -> Iterator[Any]:
         return run_worker(cfg, batches, report)
@@ -390,11 +389,22 @@ def _run_stage(
         error.ps_address = cfg.ps_address
         return error
 
+    def first_reported() -> str | None:
+        return reported.value[0] if reported is not None and reported.value else None
+
     watch = _Watch(
-        server, started, progress, checkpointer, epochs, board, lambda: bool(reported.value), group
+        server,
+        started,
+        progress,
+        checkpointer,
+        epochs,
+        board,
+        lambda: first_reported() is not None,
+        spark,
+        group,
     )
     try:
-        sc.setJobGroup(group, "distkeras-plus training", interruptOnCancel=True)
+        _tag(spark, group)
         data = p.data.df.repartition(p.workers)
         results = data.mapInArrow(task, RESULT_SCHEMA, barrier=p.spec.synchronous)
         if p.spec.synchronous:
@@ -406,16 +416,30 @@ def _run_stage(
         watch.stop()
         if watch.error is not None:
             raise watch.error from None
-        raise failed(reported.value[0] if reported.value else exception_line(str(e))) from e
+        raise failed(first_reported() or exception_line(str(e))) from e
     finally:
         watch.stop()
-        sc.setLocalProperty("spark.jobGroup.id", None)
+        _tag(spark, None)
     if watch.error is not None:
         raise watch.error
     errors = [r["error"] for r in rows if r["error"]]
     if errors:
         raise failed(errors[0])
     return rows
+
+
+def _tag(spark: Any, group: str | None) -> None:
+    """Marks the jobs this thread starts as the run's (`group`), or no longer (None): what the
+    watcher cancels. A job group on a classic session (its tasks interrupted), a tag under Connect."""
+    if session.is_connect(spark):
+        if group is None:
+            spark.clearTags()
+        else:
+            spark.addTag(group)
+    elif group is None:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    else:
+        spark.sparkContext.setJobGroup(group, "distkeras-plus training", interruptOnCancel=True)
 
 
 def progress_of(stats: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
@@ -448,11 +472,12 @@ class _Watch:
         epochs: Epochs | None,
         board: ServerBoard | None,
         failed: Callable[[], bool],
+        spark: Any,
         group: str,
     ) -> None:
         self.server, self.started, self.progress = server, started, progress
         self.checkpointer, self.epochs, self.board = checkpointer, epochs, board
-        self.failed, self.group = failed, group
+        self.failed, self.spark, self.group = failed, spark, group
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dk-progress", daemon=True)
@@ -463,6 +488,9 @@ class _Watch:
         self.thread.join()
 
     def _cancel(self) -> None:
+        if session.is_connect(self.spark):
+            self.spark.interruptTag(self.group)
+            return
         from pyspark import SparkContext
 
         if (sc := SparkContext._active_spark_context) is not None:

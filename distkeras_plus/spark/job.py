@@ -16,7 +16,7 @@ from distkeras_plus.ps.checkpoint import Checkpoint, Folder
 from distkeras_plus.settings import JobConfig
 from distkeras_plus.spark import driver
 from distkeras_plus.spark.predict import evaluate
-from distkeras_plus.spark.session import local_session, start_session
+from distkeras_plus.spark.session import local_session, quiet_logs, start_session
 
 
 def split_data(spark: Any, job: JobConfig) -> tuple[Any, Any | None, str]:
@@ -71,7 +71,7 @@ def run_training(
     session = start_session(job.workers, job.master)
     driver.decide(job.run_config())  # Keras imported while the JVM starts
     spark = session()
-    spark.sparkContext.setLogLevel("ERROR")
+    quiet_logs(spark)
     train_df, test_df, data_name = split_data(spark, job)
     prepared = None
     if resume is not None:

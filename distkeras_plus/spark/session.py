@@ -132,13 +132,49 @@ def start_session(workers: int, master: str | None = None) -> Callable[[], Any]:
     return wait
 
 
+def is_connect(spark: Any) -> bool:
+    """A Spark Connect session: no SparkContext and no JVM on this side."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def master_of(spark: Any) -> str:
+    if is_connect(spark):
+        return str(spark.conf.get("spark.master", ""))
+    return str(spark.sparkContext.master)
+
+
 def is_local(spark: Any) -> bool:
-    return bool(spark.sparkContext.master.startswith("local"))
+    """The executors run on the driver's machine (under Connect: the Connect server's, and that
+    is this machine's only when the client connects to it here)."""
+    if not master_of(spark).startswith("local"):
+        return False
+    return not is_connect(spark) or _is_loopback(spark.client.host)
 
 
-def task_slots(spark: Any) -> int:
-    """How many tasks the cluster runs at once."""
-    return int(spark.sparkContext.defaultParallelism)
+def _is_loopback(host: str) -> bool:
+    try:
+        return socket.gethostbyname(host).startswith("127.")
+    except OSError:
+        return False
+
+
+def task_slots(spark: Any) -> int | None:
+    """How many tasks the cluster runs at once (None: a Connect session of a cluster that does
+    not say; Spark then refuses a barrier stage too large for it on its own)."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    local = re.fullmatch(r"local(\[(\*|\d+)(,\s*\d+)?\])?", master_of(spark))
+    if local is not None:
+        cores = local.group(2) or "1"
+        return os.cpu_count() or 1 if cores == "*" else int(cores)
+    parallelism = spark.conf.get("spark.default.parallelism", None)
+    return int(parallelism) if parallelism else None
+
+
+def quiet_logs(spark: Any) -> None:
+    """Spark's own log lines down to errors (a Connect server's are its operator's to set)."""
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel("ERROR")
 
 
 def ps_host(spark: Any, requested: str | None) -> str:
@@ -147,8 +183,9 @@ def ps_host(spark: Any, requested: str | None) -> str:
         return requested
     if is_local(spark):
         return "127.0.0.1"
-    host = spark.conf.get("spark.driver.host", None) or socket.gethostname()
-    ip = socket.gethostbyname(host)
+    # Under Connect the server's driver is not this process: the server runs here, in the client.
+    driver = None if is_connect(spark) else spark.conf.get("spark.driver.host", None)
+    ip = socket.gethostbyname(driver or socket.gethostname())
     if ip.startswith("127.") or ip == "::1":
         raise TrainingError(
             f"the driver's address resolves to {ip}, which executors on other hosts cannot reach; "

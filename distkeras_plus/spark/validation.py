@@ -149,7 +149,7 @@ def validation_for(
         x, y = arrays(batch, data.columns.num_features, data.columns.one_hot)
         return Held(x, y, config.batch_size)
     slots = session.task_slots(spark)
-    if slots <= workers:
+    if slots is not None and slots <= workers:
         raise SettingError(
             f"the validation data ({size >> 20} MiB) is evaluated on Spark at every epoch's end, in a "
             f"task slot the training leaves free, but its {workers} workers take all {slots}: train "

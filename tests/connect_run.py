@@ -1,0 +1,62 @@
+"""Trains digits under a real Spark Connect session (a local Connect server this process starts)
+and prints what it found as JSON: run by test_connect.py in a process of its own, since a
+process's classic SparkContext would be reused, without Connect, by `remote("local[2]")`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def main() -> None:
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.remote("local[2]")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.executorEnv.PYTHONSAFEPATH", "1")
+        .getOrCreate()
+    )
+    import pyarrow.parquet as pq
+
+    import distkeras_plus
+    from distkeras_plus.data.datasets import default_model, digits
+    from distkeras_plus.errors import DkError
+    from distkeras_plus.spark import session
+
+    data = digits()
+    folder = sys.argv[1]
+    for split in ("train", "test"):
+        pq.write_table(data._table(split), f"{folder}/{split}.parquet")
+    train_df = spark.read.parquet(f"{folder}/train.parquet")
+    test_df = spark.read.parquet(f"{folder}/test.parquet")
+    found: dict[str, Any] = {
+        "connect": session.is_connect(spark),
+        "local": session.is_local(spark),
+        "slots": session.task_slots(spark),
+    }
+    for plugin, options in [("adag", {"window": 6}), ("averaging", {}), ("ensemble", {})]:
+        model = default_model(64, 10)
+        result = distkeras_plus.train(
+            train_df, model, plugin, num_workers=2, epochs=4, verbose=0, validation_data=None, **options
+        )
+        scored = result.model
+        scored.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        _, accuracy = scored.evaluate(data.x_test, data.y_test, verbose=0)
+        found[plugin] = {"accuracy": accuracy, "samples": result.samples}
+    result = distkeras_plus.train(
+        train_df, default_model(64, 10), "adag", epochs=2, verbose=0, validation_data=test_df
+    )
+    found["val_accuracy"] = result.history.history["val_accuracy"]
+    try:
+        distkeras_plus.train(train_df, default_model(64, 10), "adag", label_col="nope", verbose=0)
+    except DkError as e:
+        found["error"] = str(e)
+    print(json.dumps(found))
+
+
+if __name__ == "__main__":
+    main()
