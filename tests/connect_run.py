@@ -38,11 +38,10 @@ def main() -> None:
         "local": session.is_local(spark),
         "slots": session.task_slots(spark),
     }
-    for plugin, options in [("adag", {"window": 6}), ("averaging", {}), ("ensemble", {})]:
+    runs: list[tuple[str, dict[str, Any]]] = [("adag", {"window": 6}), ("averaging", {}), ("ensemble", {})]
+    for plugin, options in runs:
         model = default_model(64, 10)
-        result = distkeras_plus.train(
-            train_df, model, plugin, num_workers=2, epochs=4, verbose=0, validation_data=None, **options
-        )
+        result = distkeras_plus.train(train_df, model, plugin, num_workers=2, epochs=4, verbose=0, **options)
         scored = result.model
         scored.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         _, accuracy = scored.evaluate(data.x_test, data.y_test, verbose=0)
