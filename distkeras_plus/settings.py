@@ -84,6 +84,12 @@ def _master(url: Any) -> None:
     check_master_url(url)
 
 
+def _remote(url: Any) -> None:
+    from distkeras_plus.spark.session import check_remote_url
+
+    check_remote_url(url)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The settings of one training run (see `distkeras_plus.train`)."""
@@ -254,6 +260,13 @@ class JobConfig(RunConfig):
         None, "Model to train (default: a small MLP that fits the data).", metavar="FILE.keras"
     )
     master: str | None = setting(None, "Spark master URL (default: local[WORKERS]).", check=_master)
+    remote: str | None = setting(
+        None,
+        "Spark Connect URL to train through instead of a master: sc://HOST:PORT, or local[N] for a "
+        "Connect server started here (also SPARK_REMOTE).",
+        check=_remote,
+        metavar="URL",
+    )
     test_split: float = setting(
         0.2,
         "Fraction of --data held out as the test set, apart from any validation data (0: none).",

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
     script = Path(__file__).parent / "connect_run.py"
@@ -26,3 +28,47 @@ def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
         assert found[plugin]["accuracy"] > 0.5, found  # the thresholds of the classic tests
     assert len(found["val_accuracy"]) == 2 and found["val_accuracy"][1] > 0.3
     assert found["error"].startswith("no label column 'nope'"), found["error"]
+
+
+@pytest.mark.slow
+def test_dk_train_and_evaluate_through_a_connect_server(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from distkeras_plus.data.datasets import digits
+
+    dk = str(Path(sys.executable).parent / "dk")
+    model = tmp_path / "m.keras"
+    train = [
+        dk,
+        "train",
+        "--remote",
+        "local[2]",
+        "--epochs",
+        "3",
+        "--output",
+        str(model),
+        "--output-format",
+        "json",
+    ]
+    done = subprocess.run(train, capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]  # nothing foreign either
+    report = json.loads(done.stdout)
+    assert report["test_accuracy"] > 0.7 and report["samples"] == 3 * 1437
+    pq.write_table(digits()._table("test"), tmp_path / "test.parquet")
+    evaluate = [
+        dk,
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(tmp_path / "test.parquet"),
+        "--output-format",
+        "json",
+    ]
+    scores = []
+    for where in (["--remote", "local[1]"], []):  # under Connect, and classic
+        done = subprocess.run(evaluate + where, capture_output=True, text=True, timeout=280, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores.append(json.loads(done.stdout))
+    assert scores[0]["accuracy"] == scores[1]["accuracy"] == pytest.approx(report["test_accuracy"])
+    assert scores[0]["loss"] == pytest.approx(scores[1]["loss"], abs=1e-6)

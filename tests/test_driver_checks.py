@@ -49,10 +49,27 @@ def dk(*args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
         (["--worker-optimizer", "adamm"], "did you mean 'adam'?"),
         (["--master", "local[abc]"], "'local[abc]' is not a Spark master URL"),
         (["--master", "yarn"], "--master yarn needs HADOOP_CONF_DIR or YARN_CONF_DIR"),
+        (["--remote", "grpc://h:1"], "'grpc://h:1' is not a Spark Connect URL; use sc://HOST:PORT"),
+        (
+            ["--remote", "local[2]", "--master", "local[2]"],
+            "give a Spark master or a Spark Connect URL, not both",
+        ),
         (["--output", "/proc/nope/m.keras"], "cannot save the model to /proc/nope/m.keras"),
         (["--output", "model.h5"], "give a path ending in .keras"),
     ],
-    ids=["codec", "pull-codec", "loss", "metric", "optimizer", "master", "yarn", "output", "suffix"],
+    ids=[
+        "codec",
+        "pull-codec",
+        "loss",
+        "metric",
+        "optimizer",
+        "master",
+        "yarn",
+        "remote",
+        "remote-and-master",
+        "output",
+        "suffix",
+    ],
 )
 def test_settings_are_checked_before_spark_starts(args: list[str], message: str) -> None:
     assert keras.__version__

@@ -32,7 +32,7 @@ from distkeras_plus.settings import (
 )
 
 #: Values that a setting's own check (not its bounds) refuses.
-REFUSED_BY_CHECK = {"codec": "gzip", "pull_codec": "int8", "master": "local[abc]"}
+REFUSED_BY_CHECK = {"codec": "gzip", "pull_codec": "int8", "master": "local[abc]", "remote": "http://host"}
 
 
 def bad_values(name: str, s: Setting, hint: Any) -> Iterator[Any]:
@@ -143,6 +143,8 @@ def test_a_job_spec_runs_dk_train_with_every_setting() -> None:
         value = getattr(spec.config(), name)
         if name != "options" and value is not None:
             assert f"--{name.replace('_', '-')}" in flags, name
+    cluster = train_args(spec, Path("/job"), Path("/m.keras"), None, "py", remote="sc://spark:15002")
+    assert "--remote=sc://spark:15002" in cluster and not any(a.startswith("--master") for a in cluster)
 
 
 def test_a_checkpoint_records_the_settings_whole() -> None:

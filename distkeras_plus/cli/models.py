@@ -32,6 +32,13 @@ def model_on_data(label_help: str) -> Callable[[F], F]:
                 click.option("--label", default="label", show_default=True, help=label_help),
                 click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1)),
                 click.option("--master", default=None, help="Spark master URL (default: local[WORKERS])."),
+                click.option(
+                    "--remote",
+                    default=None,
+                    envvar="DK_REMOTE",
+                    metavar="URL",
+                    help="Spark Connect URL instead of a master: sc://HOST:PORT (also SPARK_REMOTE).",
+                ),
                 click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1)),
                 OUTPUT_FORMAT,
             ]
@@ -43,14 +50,21 @@ def model_on_data(label_help: str) -> Callable[[F], F]:
 
 
 def _open(
-    model: str, data: str, features: str, label: str, master: str | None, workers: int, **read: Any
+    model: str,
+    data: str,
+    features: str,
+    label: str,
+    master: str | None,
+    remote: str | None,
+    workers: int,
+    **read: Any,
 ) -> Any:
     """A quiet Spark session, the model at `model` (a local path or a URI) and the data."""
     from distkeras_plus.data.storage import load_model_file
     from distkeras_plus.data.tables import read as read_table
     from distkeras_plus.spark.session import local_session, quiet_logs
 
-    spark = local_session(workers, master)
+    spark = local_session(workers, master, remote=remote)
     quiet_logs(spark)
     return spark, load_model_file(model, spark), read_table(spark, data, features, label, **read)
 

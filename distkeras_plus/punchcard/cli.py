@@ -100,6 +100,12 @@ def punchcard() -> None:
 @click.option(
     "--spark-master", envvar="DK_SPARK_MASTER", help="Spark master URL for every job (default: local)."
 )
+@click.option(
+    "--spark-remote",
+    envvar="DK_SPARK_REMOTE",
+    metavar="URL",
+    help="Spark Connect URL (sc://HOST:PORT) every job trains through, instead of a master.",
+)
 @_state_dir
 @click.option("--max-concurrent-jobs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-upload-mb", default=200.0, show_default=True, type=click.FloatRange(min=0.001))
@@ -173,6 +179,7 @@ def serve(
     host: str,
     port: int,
     spark_master: str | None,
+    spark_remote: str | None,
     state_dir: Path,
     max_concurrent_jobs: int,
     max_upload_mb: float,
@@ -197,6 +204,13 @@ def serve(
     from distkeras_plus.punchcard.modelcheck import ModelChecker
     from distkeras_plus.punchcard.runner import Runner
 
+    if spark_remote is not None:
+        from distkeras_plus.errors import SettingError
+        from distkeras_plus.spark.session import check_remote_url
+
+        check_remote_url(spark_remote)
+        if spark_master is not None:
+            raise SettingError("give --spark-master or --spark-remote, not both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = _store(state_dir)
     lock = _lock(state_dir)  # before anything touches the jobs: one daemon per state folder
@@ -212,6 +226,7 @@ def serve(
         python,
         max_job_seconds or None,
         keep_days or None,
+        remote=spark_remote,
     )
     recovered = runner.recover(requeue_interrupted)
     _remove_strays(jobs_dir, store.ids())

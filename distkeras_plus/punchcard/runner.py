@@ -59,8 +59,10 @@ class Runner:
         python: str = sys.executable,
         max_job_seconds: float | None = None,
         keep_days: float | None = None,
+        remote: str | None = None,
     ) -> None:
         self.store, self.jobs_dir, self.max_concurrent = store, jobs_dir, max_concurrent
+        self.remote = remote
         self.master, self.kill_grace, self.python = master, kill_grace, python
         self.max_job_seconds, self.keep_days = max_job_seconds, keep_days
         self._next_sweep = 0.0  # time.monotonic() of the next removal of old job folders: now
@@ -150,7 +152,7 @@ class Runner:
         try:
             # A spec stored by an older daemon may give null for "the default".
             spec = JobSpec.model_validate({k: v for k, v in job.spec.items() if v is not None})
-            args = train_args(spec, folder, folder / MODEL, self.master, self.python)
+            args = train_args(spec, folder, folder / MODEL, self.master, self.python, self.remote)
             (folder / SETTINGS).write_text("# dk train settings: none beyond the command line\n")
             out = (folder / LOG).open("ab")
         except Exception as e:

@@ -164,7 +164,9 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg']}" if where else str(err["msg"])
 
 
-def train_args(spec: _Spec, job_dir: Path, model: Path, master: str | None, python: str) -> list[str]:
+def train_args(
+    spec: _Spec, job_dir: Path, model: Path, master: str | None, python: str, remote: str | None = None
+) -> list[str]:
     """The argument list of the child that runs the job: `dk train`, no shell in between.
 
     Every value goes as `--option=value`, so none can be read as another option (`--overwrite`,
@@ -186,6 +188,8 @@ def train_args(spec: _Spec, job_dir: Path, model: Path, master: str | None, pyth
     ]
     if master is not None:
         args.append(f"--master={master}")
+    if remote is not None:
+        args.append(f"--remote={remote}")
     for name, _, _ in remote_settings():
         value = getattr(config, name)
         if name == "options":

@@ -68,7 +68,7 @@ def run_training(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     check_writable(job.output_path, job.overwrite)  # before the training, not after it
     driver.decide(job.run_config(), with_keras=False)  # a mistake in the settings is one line at once
-    session = start_session(job.workers, job.master)
+    session = start_session(job.workers, job.master, job.remote)
     driver.decide(job.run_config())  # Keras imported while the JVM starts
     spark = session()
     quiet_logs(spark)

@@ -8,6 +8,7 @@ import re
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ def check_master_url(master: str) -> None:
         )
 
 
+_REMOTES = re.compile(r"sc://[^\s/:]+(:\d+)?(/[^\s]*)?|local(\[(\*|[1-9]\d*)\])?")
+
+
+def check_remote_url(remote: str) -> None:
+    """A Spark Connect URL's form: one line, before anything starts."""
+    if not _REMOTES.fullmatch(remote):
+        raise SettingError(
+            f"{remote!r} is not a Spark Connect URL; use sc://HOST:PORT (or local[N] for a Connect "
+            "server started here)"
+        )
+
+
 def check_master(master: str) -> None:
     """Fails at once, in one line, when a standalone master does not answer (Spark itself retries
     for a minute and then stops with a page of stack traces)."""
@@ -58,18 +71,10 @@ def check_master(master: str) -> None:
     )
 
 
-def local_session(workers: int, master: str | None = None, conf: Mapping[str, str] | None = None) -> Any:
-    """A Spark session: `local[workers]` by default, or the given master URL; `conf` adds to or
-    replaces the settings it starts with."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    if master:
-        check_master(master)
-    else:
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no address to guess
+def _options(master: str | None, workers: int) -> dict[str, str]:
+    """The settings a session starts with."""
     quiet = Path(__file__).resolve().parent.parent / "log4j2.properties"
-    options = {
+    return {
         "spark.app.name": "distkeras-plus",
         # local[N, F]: a failed task is tried up to F times, as on a cluster.
         "spark.master": master or f"local[{workers},{LOCAL_TASK_TRIES}]",
@@ -81,8 +86,38 @@ def local_session(workers: int, master: str | None = None, conf: Mapping[str, st
         # distkeras_plus (which has no compiled core) would shadow the installed one.
         "spark.executorEnv.PYTHONSAFEPATH": "1",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={quiet.as_uri()}",
-        **(conf or {}),
     }
+
+
+def local_session(
+    workers: int, master: str | None = None, conf: Mapping[str, str] | None = None, remote: str | None = None
+) -> Any:
+    """A Spark session: `local[workers]` by default, or the given master URL; `conf` adds to or
+    replaces the settings it starts with. `remote` (or SPARK_REMOTE) makes it a Spark Connect
+    session instead: of the server at sc://HOST:PORT, or of one started here for `local[N]`."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        if master:
+            raise SettingError(f"give a Spark master or a Spark Connect URL, not both ({master}, {remote})")
+        check_remote_url(remote)
+        builder = SparkSession.builder.remote(remote)
+        if not remote.startswith("sc://"):  # the server starts in this process, quiet as ours
+            options = {**_options(None, workers), **(conf or {})}
+            options.pop("spark.master")  # the URL's
+            for key, value in options.items():
+                builder = builder.config(key, value)
+        with warnings.catch_warnings():
+            # The server started with them; the client then tries them again as session settings.
+            warnings.filterwarnings("ignore", "Failed to set spark.")
+            return builder.getOrCreate()
+    if master:
+        check_master(master)
+    else:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no address to guess
+    options = {**_options(master, workers), **(conf or {})}
     if "spark.executor.pyspark.memory" in options:
         # Spark enforces it as a limit on the Python workers' address space, which Arrow's own
         # allocator, reserving large regions, soon runs out of (a 392 MB partition could not be
@@ -108,14 +143,14 @@ def local_session(workers: int, master: str | None = None, conf: Mapping[str, st
 _STARTING = threading.Lock()
 
 
-def start_session(workers: int, master: str | None = None) -> Callable[[], Any]:
+def start_session(workers: int, master: str | None = None, remote: str | None = None) -> Callable[[], Any]:
     """`local_session`, started in the background (the JVM's start takes seconds, as does
     importing Keras, which the driver can do meanwhile); the function returned waits for it."""
     started: dict[str, Any] = {}
 
     def start() -> None:
         try:
-            started["spark"] = local_session(workers, master)
+            started["spark"] = local_session(workers, master, remote=remote)
         except BaseException as e:  # raised where the session is waited for
             started["error"] = e
 
