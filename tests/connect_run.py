@@ -50,6 +50,33 @@ def main() -> None:
         train_df, default_model(64, 10), "adag", epochs=2, verbose=0, validation_data=test_df
     )
     found["val_accuracy"] = result.history.history["val_accuracy"]
+    # Checkpoints and models at a URI: through pyarrow's file systems, with no JVM on this side.
+    from pathlib import Path
+
+    from distkeras_plus.data.storage import load_model_file, save_model_file
+    from distkeras_plus.transformers import ModelPredictor
+
+    checkpoints = (Path(folder) / "checkpoints").as_uri()
+    first = distkeras_plus.train(
+        train_df, default_model(64, 10), "adag", epochs=1, verbose=0, checkpoint_dir=checkpoints
+    )
+    again = distkeras_plus.train(
+        train_df, default_model(64, 10), "adag", epochs=2, verbose=0, resume=checkpoints
+    )
+    found["resumed"] = {
+        "first": first.ps_stats["clock"],
+        "clock": again.ps_stats["clock"],
+        "samples": again.samples,
+    }
+    uri = (Path(folder) / "saved" / "m.keras").as_uri()
+    save_model_file(again.model, uri, spark)
+    loaded = load_model_file(uri, spark, compiled=True)
+    found["model_at_uri"] = all(
+        (a == b).all() for a, b in zip(loaded.get_weights(), again.model.get_weights(), strict=True)
+    )
+    stage = (Path(folder) / "stage").as_uri()
+    ModelPredictor(again.model, batchSize=64).write().save(stage)
+    found["stage_at_uri"] = ModelPredictor.load(stage).getOrDefault("batchSize")
     try:
         distkeras_plus.train(train_df, default_model(64, 10), "adag", label_col="nope", verbose=0)
     except DkError as e:

@@ -28,6 +28,9 @@ def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
         assert found[plugin]["accuracy"] > 0.5, found  # the thresholds of the classic tests
     assert len(found["val_accuracy"]) == 2 and found["val_accuracy"][1] > 0.3
     assert found["error"].startswith("no label column 'nope'"), found["error"]
+    resumed = found["resumed"]  # the second run went on from the first's last checkpoint
+    assert resumed["first"] > 0 and resumed["samples"] == n and resumed["clock"] > resumed["first"]
+    assert found["model_at_uri"] is True and found["stage_at_uri"] == 64
 
 
 @pytest.mark.slow

@@ -15,50 +15,116 @@ from distkeras_plus.quiet import import_keras
 
 
 def is_uri(path: str) -> bool:
-    """A `scheme://` path, handled by Hadoop's file systems rather than Python's."""
+    """A `scheme://` path: reached through Spark's Hadoop file systems (pyarrow's under Spark
+    Connect) rather than Python's."""
     return "://" in path
 
 
-def _hadoop(spark: Any, uri: str) -> tuple[Any, Any]:
-    """The Hadoop FileSystem for `uri` and the `uri` as a Hadoop Path."""
+def _files(spark: Any, uri: str) -> _Hadoop | _Arrow:
+    """What reaches `uri`: the session's own Hadoop file systems (classic), or pyarrow's under
+    Spark Connect, where this side has no JVM."""
     from distkeras_plus.spark.session import is_connect
 
-    if is_connect(spark):
-        raise StorageError(
-            f"{uri}: Hadoop file systems need a classic Spark session for now; use a local path"
-        )
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+    return _Arrow(uri) if is_connect(spark) else _Hadoop(spark, uri)
+
+
+class _Hadoop:
+    """A file or folder at `uri`, through the session's JVM and its Hadoop configuration."""
+
+    def __init__(self, spark: Any, uri: str) -> None:
+        self.jvm, self.uri = spark.sparkContext._jvm, uri
+        self.path = self.jvm.org.apache.hadoop.fs.Path(uri)
+        self.fs = self.path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+    def upload(self, local: Path) -> None:
+        # Hadoop's rename does not replace, hence the delete.
+        fs, dest = self.fs, self.path
+        partial = self.jvm.org.apache.hadoop.fs.Path(dest.getParent(), f".{dest.getName()}.partial")
+        fs.mkdirs(dest.getParent())
+        fs.copyFromLocalFile(False, True, self.jvm.org.apache.hadoop.fs.Path(str(local.resolve())), partial)
+        fs.delete(dest, False)
+        if not fs.rename(partial, dest):
+            raise StorageError(f"could not move {self.uri}.partial into place")
+
+    def download(self, local: Path) -> None:
+        if not self.fs.exists(self.path):
+            raise MissingFileError(f"no file at {self.uri}")
+        self.fs.copyToLocalFile(False, self.path, self.jvm.org.apache.hadoop.fs.Path(str(local)), True)
+
+    def names(self) -> list[str]:
+        if not self.fs.exists(self.path):
+            return []
+        return sorted(str(status.getPath().getName()) for status in self.fs.listStatus(self.path))
+
+    def delete(self) -> None:
+        self.fs.delete(self.path, False)
+
+
+#: Hadoop's names for what pyarrow calls otherwise.
+_ARROW_SCHEMES = {"s3a": "s3", "s3n": "s3"}
+
+
+class _Arrow:
+    """A file or folder at `uri`, through pyarrow's file systems (local, S3, GCS, HDFS with
+    libhdfs, Azure), configured from the environment as pyarrow configures them."""
+
+    def __init__(self, uri: str) -> None:
+        import pyarrow.fs as pafs
+
+        scheme, rest = uri.split("://", 1)
+        self.uri = uri
+        try:
+            self.fs, self.path = pafs.FileSystem.from_uri(f"{_ARROW_SCHEMES.get(scheme, scheme)}://{rest}")
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise StorageError(f"cannot reach {uri} under Spark Connect (through pyarrow): {e}") from None
+
+    def upload(self, local: Path) -> None:
+        import posixpath
+
+        folder, name = posixpath.split(self.path)
+        partial = posixpath.join(folder, f".{name}.partial")
+        self.fs.create_dir(folder, recursive=True)
+        with self.fs.open_output_stream(partial) as out, local.open("rb") as data:
+            while chunk := data.read(1 << 20):
+                out.write(chunk)
+        self.fs.move(partial, self.path)
+
+    def download(self, local: Path) -> None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.path).type != pafs.FileType.File:
+            raise MissingFileError(f"no file at {self.uri}")
+        with self.fs.open_input_stream(self.path) as data, local.open("wb") as out:
+            while chunk := data.read(1 << 20):
+                out.write(chunk)
+
+    def names(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        found = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted(info.base_name for info in found)
+
+    def delete(self) -> None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.path).type != pafs.FileType.NotFound:
+            self.fs.delete_file(self.path)
 
 
 def upload(spark: Any, local: Path, uri: str) -> None:
-    """Copies a local file to `uri`, replacing it. It is written beside it and renamed into place,
-    so a reader never sees half a file (Hadoop's rename does not replace, hence the delete)."""
-    fs, dest = _hadoop(spark, uri)
-    jvm = spark.sparkContext._jvm
-    partial = jvm.org.apache.hadoop.fs.Path(dest.getParent(), f".{dest.getName()}.partial")
-    fs.mkdirs(dest.getParent())
-    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(str(local.resolve())), partial)
-    fs.delete(dest, False)
-    if not fs.rename(partial, dest):
-        raise StorageError(f"could not move {uri}.partial into place")
+    """Copies a local file to `uri`, replacing it. It is written beside it and moved into place,
+    so a reader never sees half a file."""
+    _files(spark, uri).upload(local)
 
 
 def download(spark: Any, uri: str, local: Path) -> None:
     """Copies the file at `uri` to a local path."""
-    fs, src = _hadoop(spark, uri)
-    if not fs.exists(src):
-        raise MissingFileError(f"no file at {uri}")
-    fs.copyToLocalFile(False, src, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(str(local)), True)
+    _files(spark, uri).download(local)
 
 
 def list_names(spark: Any, uri: str) -> list[str]:
     """The names of the files in the folder at `uri` (none if it does not exist)."""
-    fs, folder = _hadoop(spark, uri)
-    if not fs.exists(folder):
-        return []
-    return sorted(str(status.getPath().getName()) for status in fs.listStatus(folder))
+    return _files(spark, uri).names()
 
 
 def read_bytes(spark: Any, uri: str) -> bytes:
@@ -76,8 +142,7 @@ def write_bytes(spark: Any, uri: str, data: bytes) -> None:
 
 
 def delete(spark: Any, uri: str) -> None:
-    fs, path = _hadoop(spark, uri)
-    fs.delete(path, False)
+    _files(spark, uri).delete()
 
 
 def _check_suffix(path: str) -> None:
