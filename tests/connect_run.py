@@ -81,6 +81,28 @@ def main() -> None:
         distkeras_plus.train(train_df, default_model(64, 10), "adag", label_col="nope", verbose=0)
     except DkError as e:
         found["error"] = str(e)
+    # A worker's own error and a callback's are one line, and the stage ends at once.
+    try:
+        distkeras_plus.train(
+            train_df, default_model(64, 10), "ensemble", loss="categorical_crossentropy", verbose=0
+        )
+    except DkError as e:
+        found["worker_error"] = str(e)
+    import time
+
+    import keras
+
+    class Fails(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            raise RuntimeError("a callback of the user's failed")
+
+    started = time.perf_counter()
+    try:
+        distkeras_plus.train(
+            train_df, default_model(64, 10), "adag", epochs=1000, callbacks=[Fails()], verbose=0
+        )
+    except RuntimeError as e:
+        found["callback_error"] = {"error": str(e), "seconds": time.perf_counter() - started}
     print(json.dumps(found))
 
 
