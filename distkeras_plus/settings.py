@@ -84,6 +84,11 @@ def _master(url: Any) -> None:
     check_master_url(url)
 
 
+def _ps_location(where: Any) -> None:
+    if where not in ("driver", "executor", "auto"):
+        raise ValueError(f"takes driver, executor or auto, not {where!r}")  # parse names the setting
+
+
 def _remote(url: Any) -> None:
     from distkeras_plus.spark.session import check_remote_url
 
@@ -193,6 +198,14 @@ class RunConfig:
     )
     ps_host: str | None = setting(
         None, "Address of this machine that executors can reach (default: found from Spark)."
+    )
+    ps_location: str = setting(
+        "auto",
+        "Where the parameter server runs: driver (this process), executor (a task of the training "
+        "stage, for executors that cannot reach this machine), or auto: executor under Spark "
+        "Connect when the executors are on other machines, else driver.",
+        check=_ps_location,
+        metavar="driver|executor|auto",
     )
     timeout: float = setting(
         600.0,

@@ -46,6 +46,10 @@ def main() -> None:
         scored.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         _, accuracy = scored.evaluate(data.x_test, data.y_test, verbose=0)
         found[plugin] = {"accuracy": accuracy, "samples": result.samples}
+    in_cluster = distkeras_plus.train(
+        train_df, default_model(64, 10), "adag", num_workers=1, epochs=2, verbose=0, ps_location="executor"
+    )
+    found["in_cluster"] = {"samples": in_cluster.samples, "commits": in_cluster.ps_stats["commits"]}
     result = distkeras_plus.train(
         train_df, default_model(64, 10), "adag", epochs=2, verbose=0, validation_data=test_df
     )

@@ -26,6 +26,7 @@ def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
     for plugin in ("adag", "averaging", "ensemble"):
         assert found[plugin]["samples"] == 4 * n, found
         assert found[plugin]["accuracy"] > 0.5, found  # the thresholds of the classic tests
+    assert found["in_cluster"]["samples"] == 2 * n and found["in_cluster"]["commits"] > 0
     assert len(found["val_accuracy"]) == 2 and found["val_accuracy"][1] > 0.3
     assert found["error"].startswith("no label column 'nope'"), found["error"]
     resumed = found["resumed"]  # the second run went on from the first's last checkpoint

@@ -32,7 +32,13 @@ from distkeras_plus.settings import (
 )
 
 #: Values that a setting's own check (not its bounds) refuses.
-REFUSED_BY_CHECK = {"codec": "gzip", "pull_codec": "int8", "master": "local[abc]", "remote": "http://host"}
+REFUSED_BY_CHECK = {
+    "codec": "gzip",
+    "pull_codec": "int8",
+    "master": "local[abc]",
+    "remote": "http://host",
+    "ps_location": "cluster",
+}
 
 
 def bad_values(name: str, s: Setting, hint: Any) -> Iterator[Any]:

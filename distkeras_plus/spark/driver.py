@@ -33,7 +33,14 @@ from distkeras_plus.settings import RunConfig
 from distkeras_plus.spark import session
 from distkeras_plus.spark.board import ServerBoard
 from distkeras_plus.spark.epochs import Epochs, log_names
-from distkeras_plus.spark.executor import RESULT_SCHEMA, WorkerConfig, run_worker
+from distkeras_plus.spark.executor import (
+    RESULT_SCHEMA,
+    SERVER_ROW,
+    ServerTask,
+    WorkerConfig,
+    run_in_cluster,
+    run_worker,
+)
 from distkeras_plus.spark.validation import validation_for
 from distkeras_plus.worker import compiling
 
@@ -86,6 +93,7 @@ class Plan(Decisions):
 
     compiled: dict[str, Any]  # the compile config every worker uses (Keras' own form)
     data: Prepared
+    placement: str = "driver"  # where the parameter server runs: "driver" or "executor"
 
 
 def decide(config: RunConfig, with_keras: bool = True) -> Decisions:
@@ -128,13 +136,48 @@ def plan(
                 f"{decided.spec.name} runs all {decided.workers} workers at once, "
                 f"but the cluster has {slots} task slots"
             )
+    placement = _placement(decided, df.sparkSession, watched)
     data = prepared or prepare(df, config.features, config.label)
     check_model(model, data, config.label)
     defaults = (decided.default_optimizer, default_loss(data.columns.one_hot))
     compiled = compiling.resolve(
         model, config.loss, config.metrics, config.worker_optimizer, config.learning_rate, defaults
     )
-    return Plan(**vars(decided), compiled=compiled, data=data)
+    return Plan(**vars(decided), compiled=compiled, data=data, placement=placement)
+
+
+def _placement(decided: Decisions, spark: Any, watched: bool) -> str:
+    """Where the parameter server runs, and the checks of that choice. In the cluster it serves
+    asynchronous optimizers, and nothing that needs the centre on the driver while they train
+    (callbacks, validation, checkpoints); `auto` picks it under Connect when the executors are
+    on other machines and the run needs none of those."""
+    config, name = decided.config, decided.spec.name
+    needs_driver = watched or config.checkpoint_dir is not None
+    if config.ps_location == "auto":
+        elsewhere = session.is_connect(spark) and not session.is_local(spark)
+        usable = decided.rule is not None and not decided.spec.synchronous and not needs_driver
+        return "executor" if elsewhere and usable else "driver"
+    if config.ps_location == "driver":
+        return "driver"
+    if decided.rule is None:
+        raise SettingError(f"{name} trains without a parameter server: there is none to place")
+    if decided.spec.synchronous:
+        raise SettingError(
+            f"{name} is synchronous; the parameter server runs in the cluster for asynchronous "
+            "optimizers for now: use --ps-location driver"
+        )
+    if needs_driver:
+        raise SettingError(
+            "callbacks, validation and checkpoints need the parameter server in this process for "
+            "now: use --ps-location driver"
+        )
+    slots = session.task_slots(spark)
+    if slots is not None and decided.workers + 1 > slots:
+        raise TrainingError(
+            f"the parameter server in the cluster takes a task slot beside the {decided.workers} "
+            f"workers, but the cluster has {slots}: train with fewer workers"
+        )
+    return "executor"
 
 
 def train(
@@ -202,7 +245,8 @@ def train(
     compiled, epochs, board = p.compiled, None, None
     try:
         address = None
-        if p.rule is not None:
+        in_cluster = p.placement == "executor"
+        if p.rule is not None and not in_cluster:
             host = session.ps_host(spark, config.ps_host or os.environ.get("DK_PS_HOST"))
             bind = "127.0.0.1" if host.startswith("127.") else "0.0.0.0"  # noqa: S104 - authenticated
             centre = Centre(
@@ -237,9 +281,13 @@ def train(
             in_memory_mb=config.in_memory_mb,
             threads=max(1, cores // p.workers) if session.is_local(spark) else 1,
         )
-        rows = _run_stage(p, cfg, server, started, progress, checkpointer, epochs, board)
-        seconds = time.perf_counter() - started
         ps_stats: dict[str, Any] = {}
+        if in_cluster:
+            rows, ps_stats = _run_in_cluster(p, cfg, flat, start_clock)
+            model.set_weights(flat.views)  # the centre the server task returned
+        else:
+            rows = _run_stage(p, cfg, server, started, progress, checkpointer, epochs, board)
+        seconds = time.perf_counter() - started
         if server is not None:
             server.stop()
             ps_stats = server.stats()
@@ -426,6 +474,65 @@ def _run_stage(
     if errors:
         raise failed(errors[0])
     return rows
+
+
+_KEY = "__dk_task"
+
+
+def _run_in_cluster(
+    p: Plan, cfg: WorkerConfig, flat: FlatWeights, clock: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """The training stage with the parameter server in one of its tasks: a barrier stage of the
+    workers' partitions and one more, the server's (see `executor.run_in_cluster`). Returns the
+    workers' rows and the server's statistics; `flat` holds the final centre."""
+    from pyspark.sql import functions as F
+
+    assert p.rule is not None  # _placement: an optimizer with a parameter server
+    spark = p.data.df.sparkSession
+    served = ServerTask(
+        flat.flat.tobytes(),
+        flat.layout.shapes,
+        p.rule.name,
+        dict(p.rule.params),
+        clock,
+        p.config.timeout,
+        session.is_local(spark),
+    )
+
+    def task(batches: Iterator[Any]) -> Iterator[Any]:
+        return run_in_cluster(cfg, served, batches)
+
+    # A barrier stage takes no union: one shuffle places every row. Each worker's rows and the
+    # server's one row carry a key that Spark's hash partitioning sends to that task's partition.
+    n = p.workers + 1
+    found = spark.range(0, 64 * n).select("id", F.pmod(F.hash("id"), F.lit(n)).alias("to")).collect()
+    keys = {int(r["to"]): int(r["id"]) for r in reversed(found)}  # the first id for each partition
+    columns = p.data.df.columns
+    worker = (F.floor(F.rand(p.config.seed) * p.workers) + 1).cast("int")
+    rows_of = p.data.df.withColumn(
+        _KEY, F.element_at(F.array(*[F.lit(keys[i]) for i in range(p.workers)]), worker)
+    )
+    server_row = spark.range(0, 1, 1, 1).select(
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in p.data.df.schema.fields],
+        F.lit(keys[p.workers]).alias(_KEY),
+    )
+    placed = rows_of.unionByName(server_row).repartition(n, _KEY).select(*columns)
+    group = f"distkeras-plus-{uuid.uuid4().hex}"
+    _tag(spark, group)
+    try:
+        stage = placed.mapInArrow(task, RESULT_SCHEMA, barrier=True)
+        rows = list(stage.repartition(1).collect())  # repartition: a retried barrier stage, as above
+    except Exception as e:
+        raise TrainingError(f"training with {p.spec.name} failed: {exception_line(str(e))}") from e
+    finally:
+        _tag(spark, None)
+    (served_row,) = [r for r in rows if r["worker"] == SERVER_ROW]
+    np.copyto(flat.flat, np.frombuffer(served_row["result"], np.float32))
+    workers = [r for r in rows if r["worker"] != SERVER_ROW]
+    errors = [r["error"] for r in workers if r["error"]]
+    if errors:
+        raise TrainingError(f"training with {p.spec.name} failed: {errors[0]}")
+    return workers, dict(json.loads(served_row["history"]))
 
 
 def _tag(spark: Any, group: str | None) -> None:

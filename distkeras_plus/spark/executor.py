@@ -8,7 +8,7 @@ import json
 import os
 import resource
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +134,17 @@ def _peak_rss() -> int:
 
 
 def run_worker(
-    cfg: WorkerConfig, batches: Iterator[Any], report: Callable[[str], None] | None = None
+    cfg: WorkerConfig,
+    batches: Iterator[Any],
+    report: Callable[[str], None] | None = None,
+    gather: bool = True,
 ) -> Iterator[Any]:
     """The `mapInArrow` function: one worker on its partition. An error that a retry would meet
     again is not raised (Spark would retry it) but returned in the result's `error`, and given to
-    `report` at once, so that the driver can stop the other workers."""
+    `report` at once, so that the driver can stop the other workers. `gather`: the workers of a
+    barrier stage may exchange messages (synchronous optimizers agree on their rounds)."""
     set_process_env(cfg.threads)
     _reset_peak_rss()
-    import pyarrow as pa
     from pyspark import BarrierTaskContext, TaskContext
 
     task = TaskContext.get()
@@ -151,7 +154,7 @@ def run_worker(
     # barrier stage numbers its attempts from 0 again; the task's id in the application grows.
     ps_attempt = min(task.taskAttemptId(), 2**32 - 1) if task else 0
     all_gather = None
-    if isinstance(task, BarrierTaskContext):
+    if gather and isinstance(task, BarrierTaskContext):
         barrier = task
 
         def all_gather(message: str) -> list[str]:
@@ -182,18 +185,25 @@ def run_worker(
         if data is not None:
             spilled = data.spilled_bytes
             data.close()
-    yield pa.RecordBatch.from_pydict(
-        {
-            "worker": [worker_id],
-            "attempt": [attempt],
-            "samples": [ctx.samples if ctx else 0],
-            "steps": [ctx.steps if ctx else 0],
-            "history": [json.dumps(ctx.history if ctx else [])],
-            "result": [ctx.result if ctx else None],
-            "error": [error],
-            "peak_rss": [_peak_rss()],
-            "spilled": [spilled],
-        },
+    yield _result_row(
+        worker=worker_id,
+        attempt=attempt,
+        samples=ctx.samples if ctx else 0,
+        steps=ctx.steps if ctx else 0,
+        history=json.dumps(ctx.history if ctx else []),
+        result=ctx.result if ctx else None,
+        error=error,
+        spilled=spilled,
+    )
+
+
+def _result_row(**values: Any) -> Any:
+    """One row of RESULT_SCHEMA."""
+    import pyarrow as pa
+
+    values["peak_rss"] = _peak_rss()
+    return pa.RecordBatch.from_pydict(
+        {k: [v] for k, v in values.items()},
         schema=pa.schema(
             [
                 ("worker", pa.int32()),
@@ -207,4 +217,72 @@ def run_worker(
                 ("spilled", pa.int64()),
             ]
         ),
+    )
+
+
+#: The `worker` of the server task's row (executor placement).
+SERVER_ROW = -1
+
+
+@dataclass(frozen=True)
+class ServerTask:
+    """What the task that serves the centre gets when the parameter server runs in the cluster."""
+
+    centre: bytes  # the initial centre, float32
+    shapes: list[list[int]]
+    rule: str
+    params: dict[str, float]
+    clock: int
+    timeout: float
+    local: bool  # the executors run on the driver's machine: the loopback address reaches them
+
+
+def run_in_cluster(cfg: WorkerConfig, server: ServerTask, batches: Iterator[Any]) -> Iterator[Any]:
+    """The `mapInArrow` function of a barrier stage of `cfg.num_workers` workers and one more task,
+    the last, that serves the centre. The server task tells the others its address through the
+    barrier's allGather, waits at the barrier until they have all ended, and returns the centre
+    and the server's statistics; the workers train as anywhere else."""
+    from pyspark import BarrierTaskContext
+
+    task = BarrierTaskContext.get()
+    if task.partitionId() == cfg.num_workers:
+        yield from _serve(cfg, server, task)
+        return
+    (address,) = [a for a in task.allGather("") if a]
+    rows = list(run_worker(replace(cfg, ps_address=address), batches, gather=False))
+    task.barrier()
+    yield from rows
+
+
+def _serve(cfg: WorkerConfig, st: ServerTask, task: Any) -> Iterator[Any]:
+    import socket
+
+    import numpy as np
+
+    from distkeras_plus._core import Centre, Layout, ParameterServer
+
+    centre = Centre(
+        np.frombuffer(st.centre, np.float32).copy(),
+        st.rule,
+        st.params,
+        round_timeout=st.timeout,
+        clock=st.clock,
+    )
+    host = "127.0.0.1" if st.local else socket.gethostbyname(socket.gethostname())
+    bind = "127.0.0.1" if st.local else "0.0.0.0"  # noqa: S104 - authenticated
+    server = ParameterServer(centre, Layout(st.shapes), cfg.secret, host=bind, idle_timeout=st.timeout)
+    try:
+        task.allGather(f"{host}:{server.port}")
+        task.barrier()  # every worker has ended
+    finally:
+        server.stop()
+    yield _result_row(
+        worker=SERVER_ROW,
+        attempt=task.attemptNumber(),
+        samples=0,
+        steps=0,
+        history=json.dumps(server.stats()),
+        result=centre.to_numpy().tobytes(),
+        error=None,
+        spilled=0,
     )
