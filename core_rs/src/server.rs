@@ -67,8 +67,10 @@ struct Shared {
     accept_codecs: Option<Vec<String>>,
     stopping: AtomicBool,
     counters: Counters,
-    /// The control block every commit reply carries: set by the driver at any time.
-    stop_requested: AtomicBool,
+    /// The centre's clock when the driver asked the workers to stop (None: it has not). Commits
+    /// applied after it are told to stop; the lock orders the request against the replies, so
+    /// the workers of one synchronous round all get the same answer.
+    stop_after: Mutex<Option<u64>>,
     /// Bits of an f32; NaN: no learning rate set.
     learning_rate: AtomicU32,
     /// Highest sequence number applied or in flight, per (worker, attempt): a replay is refused.
@@ -110,10 +112,11 @@ impl EpochEnds {
 }
 
 impl Shared {
-    fn control(&self) -> p::Control {
+    /// The control block of the reply to a commit that left the centre at `clock`.
+    fn control(&self, clock: u64) -> p::Control {
         let rate = f32::from_bits(self.learning_rate.load(Ordering::SeqCst));
         p::Control {
-            stop: self.stop_requested.load(Ordering::SeqCst),
+            stop: self.stop_after.lock().is_some_and(|asked| clock > asked),
             learning_rate: (!rate.is_nan()).then_some(rate),
         }
     }
@@ -222,7 +225,7 @@ impl Server {
             accept_codecs: config.accept_codecs,
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
-            stop_requested: AtomicBool::new(false),
+            stop_after: Mutex::new(None),
             learning_rate: AtomicU32::new(f32::NAN.to_bits()),
             last_seq: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
@@ -286,7 +289,12 @@ impl Server {
     /// What every commit reply carries from now on.
     pub fn set_control(&self, control: p::Control) {
         let shared = &self.shared;
-        shared.stop_requested.store(control.stop, Ordering::SeqCst);
+        {
+            let mut asked = shared.stop_after.lock();
+            *asked = control
+                .stop
+                .then(|| asked.unwrap_or_else(|| shared.centre.clock()));
+        }
         let rate = control.learning_rate.unwrap_or(f32::NAN);
         shared.learning_rate.store(rate.to_bits(), Ordering::SeqCst);
     }
@@ -682,8 +690,8 @@ impl<'a> Session<'a> {
                 if moved {
                     shared.end_epochs();
                 }
-                // Read now: a sync reply carries what the driver set while the round was open.
-                let reply_head = p::encode_committed(applied, shared.control());
+                // A synchronous round's workers all stop after it, or all go on to the next.
+                let reply_head = p::encode_committed(applied, shared.control(applied.clock));
                 let values: &[f32] = if shared.centre.rule().replies_with_vector() {
                     &self.sent
                 } else {
