@@ -5,6 +5,7 @@ the session's own Hadoop configuration."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -85,8 +86,7 @@ class _Arrow:
         partial = posixpath.join(folder, f".{name}.partial")
         self.fs.create_dir(folder, recursive=True)
         with self.fs.open_output_stream(partial) as out, local.open("rb") as data:
-            while chunk := data.read(1 << 20):
-                out.write(chunk)
+            shutil.copyfileobj(data, out)
         self.fs.move(partial, self.path)
 
     def download(self, local: Path) -> None:
@@ -95,8 +95,7 @@ class _Arrow:
         if self.fs.get_file_info(self.path).type != pafs.FileType.File:
             raise MissingFileError(f"no file at {self.uri}")
         with self.fs.open_input_stream(self.path) as data, local.open("wb") as out:
-            while chunk := data.read(1 << 20):
-                out.write(chunk)
+            shutil.copyfileobj(data, out)
 
     def names(self) -> list[str]:
         import pyarrow.fs as pafs

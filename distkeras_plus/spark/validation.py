@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from distkeras_plus.data.tables import Prepared, arrays, check_model, prepare, read
 from distkeras_plus.errors import DataError, SettingError
+from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.settings import RunConfig
 from distkeras_plus.spark import session
 
@@ -68,7 +69,7 @@ class OnSpark:
         """Nothing to trace on the driver: its model only reads the sums."""
 
     def scores(self, model: Any) -> dict[str, float]:
-        centre = np.concatenate([np.ravel(w) for w in model.get_weights()]).astype(np.float32)
+        centre = FlatWeights.from_arrays(model.get_weights()).flat
         cfg = _Task(
             self.model,
             self.compiled,
@@ -105,7 +106,6 @@ def _evaluate_partition(cfg: _Task, batches: Iterator[Any]) -> Iterator[Any]:
 
     set_process_env(1)  # beside the training's workers: one core's share
     from distkeras_plus.data.storage import model_from_bytes
-    from distkeras_plus.ps.weights import FlatWeights
     from distkeras_plus.worker import compiling
 
     def minibatches() -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
