@@ -123,3 +123,34 @@ def test_a_killed_driver_resumes_from_its_newest_whole_checkpoint(tmp_path: Path
     assert report["samples"] == (6 - before.epochs_done) * 80_000  # finished epochs are skipped
     assert abs(report["test_accuracy"] - baseline["test_accuracy"]) < 0.05
     assert folder.latest().epochs_done == 6
+
+
+def test_a_killed_worker_with_the_server_in_the_cluster_resumes_from_a_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    args = ["--plugin", "adag", "--epochs", "12", *DATA, "--ps-location", "executor"]
+    args += ["--checkpoint-dir", str(ckpt), "--checkpoint-seconds", "1"]
+    progress = tmp_path / "progress"
+    proc = start([*args, "--progress-file", str(progress)], tmp_path, "in-cluster")
+    folder = Folder(str(ckpt))
+
+    def a_whole_epoch_checkpointed() -> bool:
+        names = folder.checkpoints()
+        try:
+            return bool(names) and decode((ckpt / names[0]).read_bytes()).epochs_done >= 1
+        except FileNotFoundError:  # pruned meanwhile
+            return False
+
+    # The server task's progress reaches the driver as it trains, through its progress file.
+    ready = lambda: a_whole_epoch_checkpointed() and commits_so_far(progress) > 0  # noqa: E731
+    wait_for(lambda: proc.poll() is not None or ready(), 300, "a checkpoint and progress")
+    assert proc.poll() is None, "the run ended before a worker could be killed"
+    kill_busiest_worker(proc.pid)  # a worker or the server's task: either fails the barrier stage
+    report = finish(proc, tmp_path, "in-cluster")
+    assert report["retried_workers"] == [0, 1]  # the whole stage ran again
+    # The retried stage's server started from the newest checkpoint: its clock, not 0, and the
+    # epochs that checkpoint held whole were not trained again.
+    restored_epochs = 12 - report["samples"] // 80_000
+    assert report["samples"] % 80_000 == 0 and restored_epochs >= 1
+    assert report["clock"] - report["commits"] > 0
+    assert report["test_accuracy"] > 0.5
+    assert folder.latest().epochs_done == 12

@@ -23,10 +23,10 @@ def is_uri(path: str) -> bool:
 
 def _files(spark: Any, uri: str) -> _Hadoop | _Arrow:
     """What reaches `uri`: the session's own Hadoop file systems (classic), or pyarrow's under
-    Spark Connect, where this side has no JVM."""
+    Spark Connect, where this side has no JVM, and on an executor (no session: `spark` None)."""
     from distkeras_plus.spark.session import is_connect
 
-    return _Arrow(uri) if is_connect(spark) else _Hadoop(spark, uri)
+    return _Arrow(uri) if spark is None or is_connect(spark) else _Hadoop(spark, uri)
 
 
 class _Hadoop:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from distkeras_plus.data import storage
-from distkeras_plus.errors import CheckpointError, StorageError
+from distkeras_plus.errors import CheckpointError
 
 MAGIC = b"DKCK"
 VERSION = 1
@@ -79,13 +79,12 @@ def decode(data: bytes, where: str = "checkpoint") -> Checkpoint:
 
 
 class Folder:
-    """A checkpoint folder: a local path, or a URI written through the Spark session's Hadoop."""
+    """A checkpoint folder: a local path, or a URI written through the Spark session's Hadoop
+    (without a session, on an executor: through pyarrow's file systems)."""
 
     def __init__(self, where: str, spark: Any = None) -> None:
         self.where = where.rstrip("/")
         self.spark = spark
-        if storage.is_uri(where) and spark is None:
-            raise StorageError(f"checkpoints at {where} need a Spark session")
 
     def path(self, name: str) -> str:
         return f"{self.where}/{name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from distkeras_plus.spark import session
 from distkeras_plus.spark.board import ServerBoard
 from distkeras_plus.spark.epochs import Epochs, log_names
 from distkeras_plus.spark.executor import (
+    PROGRESS,
     RESULT_SCHEMA,
     SERVER_ROW,
     ServerTask,
@@ -148,28 +150,26 @@ def plan(
 
 def _placement(decided: Decisions, spark: Any, watched: bool) -> str:
     """Where the parameter server runs, and the checks of that choice. In the cluster it serves
-    asynchronous optimizers, and nothing that needs the centre on the driver while they train
-    (callbacks, validation, checkpoints); `auto` picks it under Connect when the executors are
-    on other machines and the run needs none of those."""
+    any optimizer that has one, and writes the checkpoints, but the driver sees no epochs there
+    (callbacks and validation need it in this process); `auto` picks it under Connect when the
+    executors are on other machines and the run has neither."""
     config, name = decided.config, decided.spec.name
-    needs_driver = watched or config.checkpoint_dir is not None
     if config.ps_location == "auto":
         elsewhere = session.is_connect(spark) and not session.is_local(spark)
-        usable = decided.rule is not None and not decided.spec.synchronous and not needs_driver
-        return "executor" if elsewhere and usable else "driver"
+        return "executor" if elsewhere and decided.rule is not None and not watched else "driver"
     if config.ps_location == "driver":
         return "driver"
     if decided.rule is None:
         raise SettingError(f"{name} trains without a parameter server: there is none to place")
-    if decided.spec.synchronous:
+    if watched:
         raise SettingError(
-            f"{name} is synchronous; the parameter server runs in the cluster for asynchronous "
-            "optimizers for now: use --ps-location driver"
+            "callbacks and validation need the parameter server in this process: use --ps-location driver"
         )
-    if needs_driver:
+    folder = config.checkpoint_dir
+    if folder is not None and not is_uri(folder) and not session.is_local(spark):
         raise SettingError(
-            "callbacks, validation and checkpoints need the parameter server in this process for "
-            "now: use --ps-location driver"
+            f"the parameter server in the cluster writes the checkpoints, which {folder} on this "
+            "machine would not hold: give a folder every node reaches (hdfs://, s3a://, ...)"
         )
     slots = session.task_slots(spark)
     if slots is not None and decided.workers + 1 > slots:
@@ -201,7 +201,8 @@ def train(
     `callbacks` are Keras callbacks; `validation` a DataFrame or path they are judged on;
     `verbose` Keras' progress: 1 a bar per epoch, 2 a line per epoch, 0 none (on stdout)."""
     if isinstance(df, str | Path):
-        df = read(session.local_session(config.workers), df, config.features, config.label)
+        slots = config.workers + (config.ps_location == "executor")  # the server in the cluster takes one
+        df = read(session.local_session(slots), df, config.features, config.label)
     if validation is None and config.validation_split > 0:
         df, validation = df.randomSplit([1 - config.validation_split, config.validation_split], config.seed)
         prepared = None  # it was of the whole
@@ -225,7 +226,8 @@ def train(
     if epochs_before == config.epochs:
         history = _history(model)
         return TrainResult(model, history, num_workers=p.workers, optimizer=p.spec.name, options=p.options)
-    checkpointer = None
+    in_cluster = p.placement == "executor"
+    checkpointer, checkpoints = None, None
     if config.checkpoint_dir is not None:
         folder = Folder(config.checkpoint_dir, spark)
         save_model_file(model, folder.path("model.keras"), spark)  # the architecture, for --resume
@@ -236,16 +238,17 @@ def train(
             "epochs": config.epochs,
             "layout": flat.layout.hash.hex(),
             "shapes": flat.layout.shapes,
+            "run": uuid.uuid4().hex,  # a retried stage's server resumes from this run's own
         }
-        policy = Policy(config.checkpoint_every, config.checkpoint_seconds)
-        checkpointer = Checkpointer(folder, policy, meta, p.data.rows, epochs_before)
+        checkpoints = (Policy(config.checkpoint_every, config.checkpoint_seconds), meta)
+        if not in_cluster:  # in the cluster, the server's task writes them
+            checkpointer = Checkpointer(folder, checkpoints[0], meta, p.data.rows, epochs_before)
     server = None
     secret = new_secret()
     started = time.perf_counter()
     compiled, epochs, board = p.compiled, None, None
     try:
         address = None
-        in_cluster = p.placement == "executor"
         if p.rule is not None and not in_cluster:
             host = session.ps_host(spark, config.ps_host or os.environ.get("DK_PS_HOST"))
             bind = "127.0.0.1" if host.startswith("127.") else "0.0.0.0"  # noqa: S104 - authenticated
@@ -283,7 +286,8 @@ def train(
         )
         ps_stats: dict[str, Any] = {}
         if in_cluster:
-            rows, ps_stats = _run_in_cluster(p, cfg, flat, start_clock)
+            served = _server_task(p, flat, start_clock, epochs_before, checkpoints)
+            rows, ps_stats = _run_in_cluster(p, cfg, served, flat, started, progress)
             model.set_weights(flat.views)  # the centre the server task returned
         else:
             rows = _run_stage(p, cfg, server, started, progress, checkpointer, epochs, board)
@@ -396,6 +400,7 @@ def _history(model: Any) -> Any:
 
     history = keras.callbacks.History()
     history.set_model(model)
+    history.on_train_begin()  # its (empty) `epoch` too
     return history
 
 
@@ -479,28 +484,62 @@ def _run_stage(
 _KEY = "__dk_task"
 
 
-def _run_in_cluster(
-    p: Plan, cfg: WorkerConfig, flat: FlatWeights, clock: int
-) -> tuple[list[Any], dict[str, Any]]:
-    """The training stage with the parameter server in one of its tasks: a barrier stage of the
-    workers' partitions and one more, the server's (see `executor.run_in_cluster`). Returns the
-    workers' rows and the server's statistics; `flat` holds the final centre."""
-    from pyspark.sql import functions as F
-
+def _server_task(
+    p: Plan,
+    flat: FlatWeights,
+    clock: int,
+    epochs_before: int,
+    checkpoints: tuple[Policy, dict[str, Any]] | None,
+) -> ServerTask:
+    """What the server's task of the training stage gets: the centre, its rule, and where it
+    writes the run's progress and checkpoints: the checkpoint folder, or else, on this machine's
+    executors, a folder of its own (on a cluster without a checkpoint folder, the progress comes
+    with the stage's end only)."""
     assert p.rule is not None  # _placement: an optimizer with a parameter server
     spark = p.data.df.sparkSession
-    served = ServerTask(
+    local = session.is_local(spark)
+    folder = p.config.checkpoint_dir
+    if folder is None and local:
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="dk-run-")
+    policy, meta = checkpoints if checkpoints is not None else (None, {})
+    return ServerTask(
         flat.flat.tobytes(),
         flat.layout.shapes,
         p.rule.name,
         dict(p.rule.params),
         clock,
         p.config.timeout,
-        session.is_local(spark),
+        local,
+        folder=folder,
+        policy=policy,
+        meta=meta,
+        rows=p.data.rows,
+        epochs_before=epochs_before,
     )
 
+
+def _run_in_cluster(
+    p: Plan,
+    cfg: WorkerConfig,
+    served: ServerTask,
+    flat: FlatWeights,
+    started: float,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The training stage with the parameter server in one of its tasks: a barrier stage of the
+    workers' partitions and one more, the server's (see `executor.run_in_cluster`). Returns the
+    workers' rows and the server's statistics; `flat` holds the final centre. Progress is the
+    server task's `progress.json`, read about once a second."""
+    from pyspark.sql import functions as F
+
+    spark = p.data.df.sparkSession
+    reported = None if session.is_connect(spark) else spark.sparkContext.accumulator([], _Reported())
+    report = None if reported is None else lambda line: reported.add([line])
+
     def task(batches: Iterator[Any]) -> Iterator[Any]:
-        return run_in_cluster(cfg, served, batches)
+        return run_in_cluster(cfg, served, batches, report)
 
     # A barrier stage takes no union: one shuffle places every row. Each worker's rows and the
     # server's one row carry a key that Spark's hash partitioning sends to that task's partition.
@@ -509,23 +548,42 @@ def _run_in_cluster(
     keys = {int(r["to"]): int(r["id"]) for r in reversed(found)}  # the first id for each partition
     columns = p.data.df.columns
     worker = (F.floor(F.rand(p.config.seed) * p.workers) + 1).cast("int")
-    rows_of = p.data.df.withColumn(
-        _KEY, F.element_at(F.array(*[F.lit(keys[i]) for i in range(p.workers)]), worker)
-    )
+    # Longs, as the ids were: a key hashed as an int would land elsewhere.
+    key = [F.lit(keys[i]).cast("long") for i in range(n)]
+    rows_of = p.data.df.withColumn(_KEY, F.element_at(F.array(*key[: p.workers]), worker))
     server_row = spark.range(0, 1, 1, 1).select(
         *[F.lit(None).cast(f.dataType).alias(f.name) for f in p.data.df.schema.fields],
-        F.lit(keys[p.workers]).alias(_KEY),
+        key[p.workers].alias(_KEY),
     )
     placed = rows_of.unionByName(server_row).repartition(n, _KEY).select(*columns)
     group = f"distkeras-plus-{uuid.uuid4().hex}"
+    folder = Folder(served.folder, spark) if served.folder is not None else None
+
+    def stats() -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(folder.read(PROGRESS))) if folder is not None else None
+        except (OSError, ValueError):  # not written yet
+            return None
+
+    def first_reported() -> str | None:
+        return reported.value[0] if reported is not None and reported.value else None
+
+    watch = _Watch(
+        None, started, progress, None, None, None, lambda: first_reported() is not None, spark, group, stats
+    )
     _tag(spark, group)
     try:
         stage = placed.mapInArrow(task, RESULT_SCHEMA, barrier=True)
         rows = list(stage.repartition(1).collect())  # repartition: a retried barrier stage, as above
     except Exception as e:
-        raise TrainingError(f"training with {p.spec.name} failed: {exception_line(str(e))}") from e
+        watch.stop()
+        line = first_reported() or exception_line(str(e))
+        raise TrainingError(f"training with {p.spec.name} failed: {line}") from e
     finally:
+        watch.stop()
         _tag(spark, None)
+        if p.config.checkpoint_dir is None and served.folder is not None:
+            shutil.rmtree(served.folder, ignore_errors=True)  # the run's own, for its progress
     (served_row,) = [r for r in rows if r["worker"] == SERVER_ROW]
     np.copyto(flat.flat, np.frombuffer(served_row["result"], np.float32))
     workers = [r for r in rows if r["worker"] != SERVER_ROW]
@@ -566,9 +624,10 @@ def progress_of(stats: Mapping[str, Any] | None, seconds: float) -> dict[str, An
 
 
 class _Watch:
-    """Until `stop`, on a thread of its own: reports progress and writes checkpoints about once a
-    second, ends the epochs the workers have left behind (their callbacks run here), and cancels
-    the job group once a worker has `failed` or a callback raised (kept in `error`)."""
+    """Until `stop`, on a thread of its own: reports progress (from `stats`, by default `server`'s
+    statistics) and writes checkpoints about once a second, ends the epochs the workers have left
+    behind (their callbacks run here), and cancels the job group once a worker has `failed` or a
+    callback raised (kept in `error`)."""
 
     def __init__(
         self,
@@ -581,8 +640,10 @@ class _Watch:
         failed: Callable[[], bool],
         spark: Any,
         group: str,
+        stats: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.server, self.started, self.progress = server, started, progress
+        self.stats = stats or (lambda: server.stats() if server is not None else None)
         self.checkpointer, self.epochs, self.board = checkpointer, epochs, board
         self.failed, self.spark, self.group = failed, spark, group
         self.error: BaseException | None = None
@@ -621,7 +682,7 @@ class _Watch:
             if time.perf_counter() - shown < 0.95:
                 continue
             shown = time.perf_counter()
-            stats = server.stats() if server else None
+            stats = self.stats()
             if self.progress is not None:
                 self.progress(progress_of(stats, time.perf_counter() - self.started))
             if self.board is not None and stats is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,12 +19,14 @@ from distkeras_plus.data.storage import model_from_bytes
 from distkeras_plus.data.tables import Columns
 from distkeras_plus.errors import (
     AuthenticationError,
+    CheckpointError,
     CommitRejectedError,
     ProtocolError,
     ServerClosedError,
     exception_line,
 )
 from distkeras_plus.plugins import registry
+from distkeras_plus.ps.checkpoint import Checkpoint, Checkpointer, Folder, Policy
 from distkeras_plus.ps.weights import FlatWeights
 from distkeras_plus.worker import Batches, WorkerContext, compiling, partition
 from distkeras_plus.worker.context import Stopped
@@ -133,33 +137,57 @@ def _peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # KiB on Linux
 
 
+class Peers:
+    """The barrier's allGather between the tasks of a stage, which must all call it equally often.
+    A task that has ended keeps answering (`finish`) until every worker has ended, so a worker that
+    ends early, on an error, leaves no other waiting: theirs see it and stop (`Stopped`)."""
+
+    ENDED = "\x00ended"
+
+    def __init__(self, task: Any, workers: int) -> None:
+        self.task, self.workers = task, workers  # the workers are the stage's first partitions
+
+    def exchange(self, message: str) -> list[str]:
+        """Every task's message, by partition."""
+        return [str(m) for m in self.task.allGather(message)]
+
+    def gather(self, message: str) -> list[str]:
+        """The workers' messages (a worker's `all_gather`)."""
+        found = self.exchange(message)[: self.workers]
+        if self.ENDED in found:
+            raise Stopped  # another worker has ended on an error: the run is over
+        return found
+
+    def finish(self, message: str = ENDED) -> None:
+        """Takes part in every exchange until all the workers have ended."""
+        while any(m != self.ENDED for m in self.exchange(message)[: self.workers]):
+            pass
+
+
 def run_worker(
     cfg: WorkerConfig,
     batches: Iterator[Any],
     report: Callable[[str], None] | None = None,
-    gather: bool = True,
+    peers: Peers | None = None,
+    resumed: bool = False,
 ) -> Iterator[Any]:
     """The `mapInArrow` function: one worker on its partition. An error that a retry would meet
     again is not raised (Spark would retry it) but returned in the result's `error`, and given to
-    `report` at once, so that the driver can stop the other workers. `gather`: the workers of a
-    barrier stage may exchange messages (synchronous optimizers agree on their rounds)."""
+    `report` at once, so that the driver can stop the other workers. In a barrier stage the
+    workers may exchange messages through `peers` (synchronous optimizers agree on their rounds).
+    `resumed`: a retried stage, whose task attempts Spark numbers from 0 again."""
     set_process_env(cfg.threads)
     _reset_peak_rss()
     from pyspark import BarrierTaskContext, TaskContext
 
     task = TaskContext.get()
     worker_id = task.partitionId() if task else 0
-    attempt = task.attemptNumber() if task else 0
+    attempt = max(task.attemptNumber() if task else 0, int(resumed))
     # The parameter server needs a later attempt of a worker to carry a larger number. A retried
     # barrier stage numbers its attempts from 0 again; the task's id in the application grows.
     ps_attempt = min(task.taskAttemptId(), 2**32 - 1) if task else 0
-    all_gather = None
-    if gather and isinstance(task, BarrierTaskContext):
-        barrier = task
-
-        def all_gather(message: str) -> list[str]:
-            return [str(m) for m in barrier.allGather(message)]
-
+    if peers is None and isinstance(task, BarrierTaskContext):
+        peers = Peers(task, cfg.num_workers)
     ctx, data, error = None, None, None
     try:
         import keras  # noqa: F401  (before the partition: its share is what the backend leaves)
@@ -168,10 +196,11 @@ def run_worker(
         columns = cfg.columns
         seed = cfg.seed + worker_id
         data = partition.load(batches, columns.num_features, columns.one_hot, cfg.batch_size, seed, limit)
-        ctx = build_context(cfg, data, worker_id, attempt=ps_attempt, all_gather=all_gather)
+        gather = peers.gather if peers is not None else None
+        ctx = build_context(cfg, data, worker_id, attempt=ps_attempt, all_gather=gather)
         registry.get(cfg.optimizer).spec.worker(ctx)
     except Stopped:
-        pass  # the driver's callbacks ended the run; what was trained is committed
+        pass  # the driver's callbacks ended the run, or another worker did; what was trained is committed
     except RETRIED:
         raise
     except Exception as e:
@@ -185,6 +214,8 @@ def run_worker(
         if data is not None:
             spilled = data.spilled_bytes
             data.close()
+    if peers is not None:
+        peers.finish()
     yield _result_row(
         worker=worker_id,
         attempt=attempt,
@@ -235,54 +266,122 @@ class ServerTask:
     clock: int
     timeout: float
     local: bool  # the executors run on the driver's machine: the loopback address reaches them
+    #: Where the server writes the run's `progress.json` (its statistics, about once a second)
+    #: and, with a `policy`, its checkpoints, as the driver's would be written.
+    folder: str | None = None
+    policy: Policy | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # what each checkpoint records
+    rows: int = 1  # the training rows: with the samples reported, the epochs done
+    epochs_before: int = 0  # whole epochs done when the run (or the run it resumes) began
 
 
-def run_in_cluster(cfg: WorkerConfig, server: ServerTask, batches: Iterator[Any]) -> Iterator[Any]:
+def run_in_cluster(
+    cfg: WorkerConfig, server: ServerTask, batches: Iterator[Any], report: Callable[[str], None] | None = None
+) -> Iterator[Any]:
     """The `mapInArrow` function of a barrier stage of `cfg.num_workers` workers and one more task,
-    the last, that serves the centre. The server task tells the others its address through the
-    barrier's allGather, waits at the barrier until they have all ended, and returns the centre
-    and the server's statistics; the workers train as anywhere else."""
+    the last, that serves the centre. The server task tells the others where it is and where the
+    run stands through the barrier's allGather, takes part in their exchanges until they have all
+    ended, and returns the centre and the server's statistics; the workers train as anywhere else.
+    A retried stage goes on from the newest checkpoint of the run, when there is one."""
     from pyspark import BarrierTaskContext
 
     task = BarrierTaskContext.get()
+    peers = Peers(task, cfg.num_workers)
     if task.partitionId() == cfg.num_workers:
-        yield from _serve(cfg, server, task)
+        yield from _serve(cfg, server, peers)
         return
-    (address,) = [a for a in task.allGather("") if a]
-    rows = list(run_worker(replace(cfg, ps_address=address), batches, gather=False))
-    task.barrier()
-    yield from rows
+    start = json.loads(peers.exchange("")[cfg.num_workers])
+    cfg = replace(
+        cfg,
+        ps_address=start["address"],
+        start_clock=start["clock"],
+        epochs=cfg.epochs - (start["epochs_done"] - server.epochs_before),
+    )
+    yield from run_worker(cfg, batches, report, peers, resumed=start["resumed"])
 
 
-def _serve(cfg: WorkerConfig, st: ServerTask, task: Any) -> Iterator[Any]:
+def _serve(cfg: WorkerConfig, st: ServerTask, peers: Peers) -> Iterator[Any]:
     import socket
 
     import numpy as np
 
     from distkeras_plus._core import Centre, Layout, ParameterServer
 
-    centre = Centre(
-        np.frombuffer(st.centre, np.float32).copy(),
-        st.rule,
-        st.params,
-        round_timeout=st.timeout,
-        clock=st.clock,
-    )
+    folder = Folder(st.folder) if st.folder is not None else None
+    values, clock, epochs_done = np.frombuffer(st.centre, np.float32).copy(), st.clock, st.epochs_before
+    restored = _newest_of_run(folder, st.meta.get("run")) if st.policy is not None else None
+    if restored is not None and restored.clock > clock:  # a retried stage
+        values, clock, epochs_done = restored.values.copy(), restored.clock, restored.epochs_done
+    centre = Centre(values, st.rule, st.params, round_timeout=st.timeout, clock=clock)
     host = "127.0.0.1" if st.local else socket.gethostbyname(socket.gethostname())
     bind = "127.0.0.1" if st.local else "0.0.0.0"  # noqa: S104 - authenticated
     server = ParameterServer(centre, Layout(st.shapes), cfg.secret, host=bind, idle_timeout=st.timeout)
+    checkpointer = None
+    if folder is not None and st.policy is not None:
+        checkpointer = Checkpointer(folder, st.policy, st.meta, st.rows, epochs_done)
+    ended = threading.Event()
+    watch = threading.Thread(
+        target=_watch, args=(server, folder, checkpointer, ended), name="dk-ps-watch", daemon=True
+    )
     try:
-        task.allGather(f"{host}:{server.port}")
-        task.barrier()  # every worker has ended
+        where = {
+            "address": f"{host}:{server.port}",
+            "clock": clock,
+            "epochs_done": epochs_done,
+            "resumed": clock > st.clock,
+        }
+        peers.exchange(json.dumps(where))
+        watch.start()
+        peers.finish("")  # every worker has ended
     finally:
+        ended.set()
+        if watch.is_alive():
+            watch.join()
         server.stop()
+    stats = server.stats()
+    if checkpointer is not None:
+        samples = sum(w.get("samples", 0) for w in stats.get("workers", {}).values())
+        checkpointer.write(server, epochs_done + samples // max(1, st.rows))
+    if folder is not None:
+        folder.write(PROGRESS, json.dumps(stats).encode())
     yield _result_row(
         worker=SERVER_ROW,
-        attempt=task.attemptNumber(),
+        attempt=peers.task.attemptNumber(),
         samples=0,
         steps=0,
-        history=json.dumps(server.stats()),
+        history=json.dumps(stats),
         result=centre.to_numpy().tobytes(),
         error=None,
         spilled=0,
     )
+
+
+#: The file in a run's folder that holds the server's latest statistics (executor placement).
+PROGRESS = "progress.json"
+
+
+def _newest_of_run(folder: Folder | None, run: str | None) -> Checkpoint | None:
+    """The folder's newest whole checkpoint, if this run (not an earlier one) wrote it."""
+    if folder is None or run is None:
+        return None
+    try:
+        newest = folder.latest()
+    except CheckpointError:
+        return None
+    return newest if newest.meta.get("run") == run else None
+
+
+def _watch(
+    server: Any, folder: Folder | None, checkpointer: Checkpointer | None, ended: threading.Event
+) -> None:
+    """About once a second until `ended`: the server's statistics to the progress file, and a
+    checkpoint when one is due. A failed write is tried again a second later."""
+    while not ended.wait(1.0):
+        stats = server.stats()
+        try:
+            if folder is not None:
+                folder.write(PROGRESS, json.dumps(stats).encode())
+            if checkpointer is not None:
+                checkpointer.tick(server, stats)
+        except OSError as e:
+            warnings.warn(f"could not write to the run folder: {e}", stacklevel=1)

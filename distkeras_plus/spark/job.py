@@ -68,7 +68,9 @@ def run_training(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     check_writable(job.output_path, job.overwrite)  # before the training, not after it
     driver.decide(job.run_config(), with_keras=False)  # a mistake in the settings is one line at once
-    session = start_session(job.workers, job.master, job.remote)
+    # A local cluster of the workers' size, and a slot more for a parameter server in it.
+    slots = job.workers + (job.ps_location == "executor")
+    session = start_session(slots, job.master, job.remote)
     driver.decide(job.run_config())  # Keras imported while the JVM starts
     spark = session()
     quiet_logs(spark)
