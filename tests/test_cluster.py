@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faults import commits_so_far, kill_busiest_worker, wait_for
@@ -118,3 +119,59 @@ def test_a_killed_worker_on_the_cluster_is_retried(cluster: str, tmp_path: Path)
     assert report["retried_workers"] and report["samples"] == 4 * 80_000
     assert report["commits"] == 2 * math.ceil(4 * 1250 / 12)  # no work committed twice
     assert report["test_accuracy"] > 0.5
+
+
+@pytest.fixture
+def connect_server(cluster: str, tmp_path: Path) -> Iterator[str]:
+    """A Spark Connect server, started from the installed PySpark, whose application runs on the
+    standalone cluster's executors."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    port = free_port()
+    log = (tmp_path / "connect.log").open("wb")
+    args = [
+        str(home / "bin" / "spark-submit"),
+        *("--class", "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", cluster),
+        *("--conf", f"spark.connect.grpc.binding.port={port}", "--conf", "spark.ui.enabled=false"),
+        *("--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executorEnv.PYTHONSAFEPATH=1"),
+    ]
+    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable}
+    server = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, server, timeout=120)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_a_connect_server_on_the_cluster_trains_with_the_server_in_a_task(
+    connect_server: str, tmp_path: Path
+) -> None:
+    dk = str(Path(sys.executable).parent / "dk")
+
+    def train(*args: str) -> dict[str, Any]:
+        out = tmp_path / f"model-{len(list(tmp_path.glob('model-*')))}.keras"
+        run = subprocess.run(
+            [dk, "train", "--remote", connect_server, "--epochs", "3", "--output", str(out),
+             "--output-format", "json", *args],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )  # fmt: skip
+        assert run.returncode == 0 and run.stderr == "", run.stderr[-3000:]
+        assert out.is_file()
+        return json.loads(run.stdout)  # type: ignore[no-any-return]
+
+    # The executors are not this client's: the parameter server goes into the training stage,
+    # one worker and the server in the cluster's two slots.
+    report = train("--workers", "1")
+    assert report["ps_location"] == "executor" and report["commits"] > 0
+    assert report["test_accuracy"] > 0.7
+    # The server in the client, which the cluster's executors reach at the address given.
+    report = train("--workers", "2", "--plugin", "averaging", "--ps-location=driver", "--ps-host=127.0.0.1")
+    assert report["ps_location"] == "driver" and report["workers"] == 2
+    assert report["test_accuracy"] > 0.7

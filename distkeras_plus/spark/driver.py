@@ -74,6 +74,8 @@ class TrainResult:
     worker_peak_rss: list[int] = field(default_factory=list)
     #: Bytes of partitions the workers spilled to local disk (too large to hold).
     spilled_bytes: int = 0
+    #: Where the parameter server ran: "driver" or "executor" (see the `ps_location` setting).
+    ps_location: str = "driver"
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,7 @@ def train(
         retried_workers=sorted(r["worker"] for r in rows if r["attempt"] > 0),
         worker_peak_rss=[r["peak_rss"] for r in sorted(rows, key=lambda r: r["worker"])],
         spilled_bytes=sum(r["spilled"] for r in rows),
+        ps_location=p.placement,
     )
 
 

@@ -112,6 +112,7 @@ def run_training(
         "options": result.options,
         "data": data_name,
         "workers": result.num_workers,
+        "ps_location": result.ps_location,
         "epochs": result.history.epoch[-1] + 1 if result.history.epoch else job.epochs,
         "history": result.history.history,  # per epoch, as Keras' History holds it
         "samples": result.samples,
