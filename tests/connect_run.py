@@ -7,13 +7,28 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from typing import Any
 
 
 def main() -> None:
+    """`connect_run.py FOLDER [optimizers]`: the features of a run under Connect, or every
+    optimizer's digits convergence run."""
     os.environ["PYSPARK_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
 
+    # Nothing on the training path may ask for a SparkContext or the JVM (which under Connect
+    # fail, but could be caught): every ask is recorded.
+    touched: list[str] = []
+    getattr_ = ConnectSession.__getattr__
+
+    def recorded(self: Any, name: str) -> Any:
+        if name in ("sparkContext", "_jsc", "_jvm", "_jsparkSession", "_jconf"):
+            touched.append(f"{name}:\n" + "".join(traceback.format_stack(limit=8)))
+        return getattr_(self, name)
+
+    ConnectSession.__getattr__ = recorded  # type: ignore[method-assign]
     spark = (
         SparkSession.builder.remote("local[2]")
         .config("spark.ui.showConsoleProgress", "false")
@@ -22,10 +37,7 @@ def main() -> None:
     )
     import pyarrow.parquet as pq
 
-    import distkeras_plus
-    from distkeras_plus.data.datasets import default_model, digits
-    from distkeras_plus.errors import DkError
-    from distkeras_plus.spark import session
+    from distkeras_plus.data.datasets import digits
 
     data = digits()
     folder = sys.argv[1]
@@ -33,6 +45,48 @@ def main() -> None:
         pq.write_table(data._table(split), f"{folder}/{split}.parquet")
     train_df = spark.read.parquet(f"{folder}/train.parquet")
     test_df = spark.read.parquet(f"{folder}/test.parquet")
+    found = (
+        optimizers(train_df, data)
+        if sys.argv[2:] == ["optimizers"]
+        else features(spark, train_df, test_df, data)
+    )
+    found["spark_context_touched"] = touched
+    print(json.dumps(found))
+
+
+def accuracy(model: Any, data: Any) -> float:
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return float(model.evaluate(data.x_test, data.y_test, verbose=0)[1])
+
+
+def optimizers(train_df: Any, data: Any) -> dict[str, Any]:
+    """Each optimizer as the classic convergence test trains it (tests/test_spark.py)."""
+    from helpers import CONVERGENCE
+
+    import distkeras_plus
+    from distkeras_plus.data.datasets import default_model
+
+    found: dict[str, Any] = {}
+    for plugin, epochs in sorted(CONVERGENCE.items()):
+        result = distkeras_plus.train(
+            train_df, default_model(64, 10), plugin, num_workers=2, epochs=epochs, verbose=0
+        )
+        found[plugin] = {
+            "accuracy": accuracy(result.model, data),
+            "samples": result.samples,
+            "epochs": epochs,
+        }
+    return found
+
+
+def features(spark: Any, train_df: Any, test_df: Any, data: Any) -> dict[str, Any]:
+    import distkeras_plus
+    from distkeras_plus import ADAG
+    from distkeras_plus.data.datasets import default_model
+    from distkeras_plus.errors import DkError
+    from distkeras_plus.spark import session
+
+    folder = sys.argv[1]
     found: dict[str, Any] = {
         "connect": session.is_connect(spark),
         "local": session.is_local(spark),
@@ -42,14 +96,27 @@ def main() -> None:
     for plugin, options in runs:
         model = default_model(64, 10)
         result = distkeras_plus.train(train_df, model, plugin, num_workers=2, epochs=4, verbose=0, **options)
-        scored = result.model
-        scored.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        _, accuracy = scored.evaluate(data.x_test, data.y_test, verbose=0)
-        found[plugin] = {"accuracy": accuracy, "samples": result.samples}
-    in_cluster = distkeras_plus.train(
-        train_df, default_model(64, 10), "adag", num_workers=1, epochs=2, verbose=0, ps_location="executor"
-    )
-    found["in_cluster"] = {"samples": in_cluster.samples, "commits": in_cluster.ps_stats["commits"]}
+        found[plugin] = {"accuracy": accuracy(result.model, data), "samples": result.samples}
+    trainer = ADAG(default_model(64, 10), num_workers=2, num_epoch=4, window=6)  # as the adag run above
+    found["trainer_class"] = {
+        "accuracy": accuracy(trainer.train(train_df), data),
+        "commits": trainer.ps_stats["commits"],
+    }
+    for plugin in ("adag", "easgd"):  # the server in a task of the stage, asynchronous and synchronous
+        in_cluster = distkeras_plus.train(
+            train_df,
+            default_model(64, 10),
+            plugin,
+            num_workers=1,
+            epochs=3,
+            verbose=0,
+            ps_location="executor",
+        )
+        found[f"in_cluster_{plugin}"] = {
+            "samples": in_cluster.samples,
+            "commits": in_cluster.ps_stats["commits"],
+            "accuracy": accuracy(in_cluster.model, data),
+        }
     result = distkeras_plus.train(
         train_df, default_model(64, 10), "adag", epochs=2, verbose=0, validation_data=test_df
     )
@@ -107,7 +174,7 @@ def main() -> None:
         )
     except RuntimeError as e:
         found["callback_error"] = {"error": str(e), "seconds": time.perf_counter() - started}
-    print(json.dumps(found))
+    return found
 
 
 if __name__ == "__main__":

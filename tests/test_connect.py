@@ -6,36 +6,61 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import CONVERGENCE
+
+N = 1437  # digits' training rows
 
 
-def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
+def connect_run(tmp_path: Path, *args: str, timeout: float = 280) -> dict[str, Any]:
+    """What tests/connect_run.py found, in a process of its own; nothing of it asked the Connect
+    session for a SparkContext or the JVM (the local server's JVM is in that process, so only
+    the session's own attributes tell)."""
     script = Path(__file__).parent / "connect_run.py"
     run = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path), *args],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=timeout,
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    found = json.loads(run.stdout.strip().splitlines()[-1])
+    found: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert found.pop("spark_context_touched") == [], "the training path asked for a SparkContext"
+    return found
+
+
+def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
+    found = connect_run(tmp_path)
     assert found["connect"] and found["local"] and found["slots"] == 2
-    n = 1437  # digits' training rows
     for plugin in ("adag", "averaging", "ensemble"):
-        assert found[plugin]["samples"] == 4 * n, found
+        assert found[plugin]["samples"] == 4 * N, found
         assert found[plugin]["accuracy"] > 0.5, found  # the thresholds of the classic tests
-    assert found["in_cluster"]["samples"] == 2 * n and found["in_cluster"]["commits"] > 0
+    assert found["trainer_class"]["commits"] > 0 and found["trainer_class"]["accuracy"] > 0.5
+    for plugin in ("adag", "easgd"):
+        in_cluster = found[f"in_cluster_{plugin}"]
+        assert in_cluster["samples"] == 3 * N and in_cluster["commits"] > 0, in_cluster
+        assert in_cluster["accuracy"] > 0.7, in_cluster
     assert len(found["val_accuracy"]) == 2 and found["val_accuracy"][1] > 0.3
     assert found["error"].startswith("no label column 'nope'"), found["error"]
     resumed = found["resumed"]  # the second run went on from the first's last checkpoint
-    assert resumed["first"] > 0 and resumed["samples"] == n and resumed["clock"] > resumed["first"]
+    assert resumed["first"] > 0 and resumed["samples"] == N and resumed["clock"] > resumed["first"]
     assert found["model_at_uri"] is True and found["stage_at_uri"] == 64
     assert found["worker_error"].startswith("training with ensemble failed: worker "), found["worker_error"]
     assert "\n" not in found["worker_error"]
     failed = found["callback_error"]  # 1000 epochs would take minutes: the stage was interrupted
     assert failed["error"] == "a callback of the user's failed" and failed["seconds"] < 60, failed
+
+
+@pytest.mark.slow
+def test_every_optimizer_learns_digits_under_connect(tmp_path: Path) -> None:
+    found = connect_run(tmp_path, "optimizers", timeout=900)
+    assert sorted(found) == sorted(CONVERGENCE)
+    for plugin, run in found.items():  # the classic test's epochs and threshold
+        assert run["samples"] == CONVERGENCE[plugin] * N, (plugin, run)
+        assert run["accuracy"] >= 0.90, (plugin, run)
 
 
 @pytest.mark.slow

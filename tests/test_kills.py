@@ -141,8 +141,10 @@ def test_a_killed_worker_with_the_server_in_the_cluster_resumes_from_a_checkpoin
             return False
 
     # The server task's progress reaches the driver as it trains, through its progress file.
-    ready = lambda: a_whole_epoch_checkpointed() and commits_so_far(progress) > 0  # noqa: E731
-    wait_for(lambda: proc.poll() is not None or ready(), 300, "a checkpoint and progress")
+    def ready() -> bool:
+        return proc.poll() is not None or (a_whole_epoch_checkpointed() and commits_so_far(progress) > 0)
+
+    wait_for(ready, 300, "a checkpoint and progress")
     assert proc.poll() is None, "the run ended before a worker could be killed"
     kill_busiest_worker(proc.pid)  # a worker or the server's task: either fails the barrier stage
     report = finish(proc, tmp_path, "in-cluster")

@@ -63,7 +63,8 @@ def test_the_server_in_the_cluster_writes_checkpoints_and_progress(
 ) -> None:
     df = digits_data.to_spark(spark)
     seen: list[dict[str, Any]] = []
-    settings = {"num_workers": 1, "window": 2, "ps_location": "executor", "checkpoint_dir": str(tmp_path)}
+    settings: dict[str, Any] = {"num_workers": 1, "window": 2, "ps_location": "executor"}
+    settings["checkpoint_dir"] = str(tmp_path)
     run = from_keywords({"plugin": "adag", "epochs": 8, **settings})
     first = driver.train(df, default_model(64, 10), run, progress=seen.append)
     done = Folder(str(tmp_path)).latest()  # written by the server's task, not by this process

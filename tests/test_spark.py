@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import CONVERGENCE
 
 import distkeras_plus
 from distkeras_plus import ADAG, TrainingError
@@ -20,20 +21,6 @@ from distkeras_plus.errors import DataError, OptionError, PluginError, SettingEr
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
-
-# Epochs in which each optimizer's defaults reach 0.90 on digits with the default model.
-CONVERGENCE = {
-    "adag": 8,
-    "adag-adaptive": 8,
-    "downpour": 6,
-    "dynsgd": 8,
-    "aeasgd": 10,
-    "eamsgd": 6,
-    "easgd": 10,
-    "averaging": 10,
-    "ensemble": 10,
-    "single": 6,
-}
 
 
 def accuracy(model: Any, data: Any) -> float:
