@@ -55,13 +55,39 @@ def _column(df: DataFrame, name: str) -> tuple[Column, T.DataType]:
     return F.col(name), dtype
 
 
+class _Overwrites(MLWriter):
+    """`write().overwrite()` under Spark Connect too: pyspark's own removes the old folder
+    through the JVM, which a Connect client has not; there it is removed as the model file is
+    written (pyarrow's file systems for a URI, this machine's for a path)."""
+
+    def _handleOverwrite(self, path: str) -> None:
+        from distkeras_plus.data.storage import remove_tree
+        from distkeras_plus.spark.session import is_connect
+
+        if is_connect(self.sparkSession):
+            remove_tree(path)
+        else:
+            super()._handleOverwrite(path)
+
+
+class _ParamsWriter(_Overwrites, DefaultParamsWriter):
+    pass
+
+
+class _Writable(DefaultParamsWritable):
+    """Saved as Spark ML saves a stage of Params alone, and overwritten under Connect too."""
+
+    def write(self) -> MLWriter:
+        return _ParamsWriter(self)  # type: ignore[arg-type]
+
+
 def _each(col: Column, dtype: T.DataType, fn: Any) -> Column:
     """`fn` applied to a number, or to every element of an array."""
     return F.transform(col, fn) if isinstance(dtype, T.ArrayType) else fn(col)
 
 
 class _ColumnTransformer(
-    Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable["_ColumnTransformer"], DefaultParamsWritable
+    Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable["_ColumnTransformer"], _Writable
 ):
     """Adds `outputCol` computed from `inputCol` by one Spark SQL expression."""
 
@@ -143,7 +169,7 @@ class Standardizer(
     HasInputCol,
     HasOutputCol,
     DefaultParamsReadable["Standardizer"],
-    DefaultParamsWritable,
+    _Writable,
 ):
     """Learns each element's mean and standard deviation (Spark SQL aggregates) and gives the
     `StandardTransformer` that applies them."""
@@ -305,7 +331,7 @@ class KerasStage(Params, MLWritable, MLReadable[Any]):
         """Takes back what `_extra_metadata` saved."""
 
 
-class _KerasWriter(MLWriter):
+class _KerasWriter(_Overwrites):
     def __init__(self, instance: KerasStage) -> None:
         super().__init__()
         self.instance = instance
@@ -402,9 +428,7 @@ class ModelPredictor(Transformer, KerasStage):
         return predicted
 
 
-class _LabelledEvaluator(
-    Evaluator, HasPredictionCol, HasLabelCol, DefaultParamsReadable[Any], DefaultParamsWritable
-):
+class _LabelledEvaluator(Evaluator, HasPredictionCol, HasLabelCol, DefaultParamsReadable[Any], _Writable):
     def __init__(self, *, predictionCol: str = "prediction", labelCol: str = "label") -> None:
         super().__init__()
         self._set(predictionCol=predictionCol, labelCol=labelCol)
@@ -440,7 +464,7 @@ class F1Evaluator(_LabelledEvaluator):
         return from_confusion([(r["t"], r["p"], r["count"], 0.0) for r in cells]).macro_f1
 
 
-class LossEvaluator(Evaluator, DefaultParamsReadable["LossEvaluator"], DefaultParamsWritable):
+class LossEvaluator(Evaluator, DefaultParamsReadable["LossEvaluator"], _Writable):
     """The mean of a per-row loss column, as `ModelPredictor(labelCol=...)` writes it."""
 
     lossCol = _param("lossCol", "each row's loss column", TypeConverters.toString)

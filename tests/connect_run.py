@@ -125,7 +125,7 @@ def features(spark: Any, train_df: Any, test_df: Any, data: Any) -> dict[str, An
     from pathlib import Path
 
     from distkeras_plus.data.storage import load_model_file, save_model_file
-    from distkeras_plus.transformers import ModelPredictor
+    from distkeras_plus.transformers import ModelPredictor, Standardizer
 
     checkpoints = (Path(folder) / "checkpoints").as_uri()
     first = distkeras_plus.train(
@@ -146,8 +146,13 @@ def features(spark: Any, train_df: Any, test_df: Any, data: Any) -> dict[str, An
         (a == b).all() for a, b in zip(loaded.get_weights(), again.model.get_weights(), strict=True)
     )
     stage = (Path(folder) / "stage").as_uri()
-    ModelPredictor(again.model, batchSize=64).write().save(stage)
+    ModelPredictor(again.model, batchSize=32).write().save(stage)
+    ModelPredictor(again.model, batchSize=64).write().overwrite().save(stage)
     found["stage_at_uri"] = ModelPredictor.load(stage).getOrDefault("batchSize")
+    scaler = (Path(folder) / "scaler").as_uri()
+    for out in ("first", "second"):  # a stage of Params alone, overwritten
+        Standardizer(outputCol=out).write().overwrite().save(scaler)
+    found["params_stage_at_uri"] = Standardizer.load(scaler).getOutputCol()
     try:
         distkeras_plus.train(train_df, default_model(64, 10), "adag", label_col="nope", verbose=0)
     except DkError as e:

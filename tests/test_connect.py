@@ -47,7 +47,8 @@ def test_a_connect_session_trains_as_a_classic_one(tmp_path: Path) -> None:
     assert found["error"].startswith("no label column 'nope'"), found["error"]
     resumed = found["resumed"]  # the second run went on from the first's last checkpoint
     assert resumed["first"] > 0 and resumed["samples"] == N and resumed["clock"] > resumed["first"]
-    assert found["model_at_uri"] is True and found["stage_at_uri"] == 64
+    assert found["model_at_uri"] is True and found["stage_at_uri"] == 64  # overwritten
+    assert found["params_stage_at_uri"] == "second"
     assert found["worker_error"].startswith("training with ensemble failed: worker "), found["worker_error"]
     assert "\n" not in found["worker_error"]
     failed = found["callback_error"]  # 1000 epochs would take minutes: the stage was interrupted

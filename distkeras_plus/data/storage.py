@@ -144,6 +144,19 @@ def delete(spark: Any, uri: str) -> None:
     _files(spark, uri).delete()
 
 
+def remove_tree(path: str) -> None:
+    """Removes the folder at `path` (a URI, through pyarrow's file systems; or a local path)
+    with all it holds, if it is there."""
+    if not is_uri(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    import pyarrow.fs as pafs
+
+    files = _Arrow(path)
+    if files.fs.get_file_info(files.path).type != pafs.FileType.NotFound:
+        files.fs.delete_dir(files.path)
+
+
 def _check_suffix(path: str) -> None:
     if not path.endswith(".keras"):
         raise ModelError(
