@@ -45,11 +45,13 @@ def main() -> None:
         pq.write_table(data._table(split), f"{folder}/{split}.parquet")
     train_df = spark.read.parquet(f"{folder}/train.parquet")
     test_df = spark.read.parquet(f"{folder}/test.parquet")
-    found = (
-        optimizers(train_df, data)
-        if sys.argv[2:] == ["optimizers"]
-        else features(spark, train_df, test_df, data)
-    )
+    mode = sys.argv[2] if len(sys.argv) > 2 else "features"
+    if mode == "optimizers":
+        found = optimizers(train_df, data)
+    elif mode == "failing":
+        found = failing(train_df)
+    else:
+        found = features(spark, train_df, test_df, data)
     found["spark_context_touched"] = touched
     print(json.dumps(found))
 
@@ -76,6 +78,26 @@ def optimizers(train_df: Any, data: Any) -> dict[str, Any]:
             "samples": result.samples,
             "epochs": epochs,
         }
+    return found
+
+
+def failing(train_df: Any) -> dict[str, Any]:
+    """Worker 1 of the example plugin's optimizers fails after three commits; the other would
+    train for minutes (and, synchronous, wait for worker 1 as long as the round timeout). Its line,
+    and how soon the run ended."""
+    import time
+
+    import distkeras_plus
+    from distkeras_plus.data.datasets import default_model
+    from distkeras_plus.errors import DkError
+
+    found: dict[str, Any] = {}
+    for plugin in ("fails-later", "fails-later-in-a-round"):
+        started = time.perf_counter()
+        try:
+            distkeras_plus.train(train_df, default_model(64, 10), plugin, epochs=300, verbose=0)
+        except DkError as e:
+            found[plugin] = {"error": str(e), "seconds": time.perf_counter() - started}
     return found
 
 

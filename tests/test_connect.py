@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CONVERGENCE
+from helpers import CONVERGENCE, example_plugin
 
 N = 1437  # digits' training rows
 
@@ -62,6 +62,18 @@ def test_every_optimizer_learns_digits_under_connect(tmp_path: Path) -> None:
     for plugin, run in found.items():  # the classic test's epochs and threshold
         assert run["samples"] == CONVERGENCE[plugin] * N, (plugin, run)
         assert run["accuracy"] >= 0.90, (plugin, run)
+
+
+@pytest.mark.slow
+def test_a_worker_that_fails_mid_run_ends_a_connect_run_at_once(tmp_path: Path) -> None:
+    # Under Connect there are no accumulators: the failing worker tells the parameter server,
+    # which stops the others, and the driver cancels the stage on seeing it.
+    with example_plugin():
+        found = connect_run(tmp_path, "failing")
+    for plugin, last in (("fails-later", "3 commits"), ("fails-later-in-a-round", "3 rounds")):
+        line = f"training with {plugin} failed: worker 1: ValueError: worker 1 gave up after {last}"
+        assert found[plugin]["error"] == line, found
+        assert found[plugin]["seconds"] < 60, found  # 300 epochs, or a 600 s round timeout, otherwise
 
 
 @pytest.mark.slow

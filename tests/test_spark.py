@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import CONVERGENCE
+from helpers import CONVERGENCE, example_plugin
 
 import distkeras_plus
 from distkeras_plus import ADAG, TrainingError
@@ -120,19 +119,8 @@ def test_a_failing_callback_stops_the_run_and_the_server(spark: Any, digits_data
     assert not [t for t in threading.enumerate() if t.name.startswith("dk-ps-")]  # the server stopped
 
 
-def installer() -> list[str]:
-    uv = shutil.which("uv")
-    return [uv, "pip", "--quiet"] if uv else [sys.executable, "-m", "pip", "--quiet"]
-
-
 def test_third_party_plugin_installs_lists_and_trains(spark: Any, digits_data: Any, tmp_path: Path) -> None:
-    install = (
-        [*installer(), "install", "--python", sys.executable]
-        if "uv" in installer()[0]
-        else [*installer(), "install"]
-    )
-    subprocess.run([*install, str(HERE / "example_plugin")], check=True)
-    try:
+    with example_plugin():
         dk = str(Path(sys.executable).parent / "dk")
         listed = json.loads(
             subprocess.run(
@@ -151,13 +139,6 @@ def test_third_party_plugin_installs_lists_and_trains(spark: Any, digits_data: A
             distkeras_plus.train(digits_data.to_spark(spark), default_model(64, 10), "always-fails")
         assert str(failed.value).startswith("training with always-fails failed: worker ")
         assert str(failed.value).endswith("ValueError: this loop always fails (attempt 0)")
-    finally:
-        uninstall = (
-            [*installer(), "uninstall", "--python", sys.executable]
-            if "uv" in installer()[0]
-            else [*installer(), "uninstall", "-y"]
-        )
-        subprocess.run([*uninstall, "dk-example-plugin"], check=True)
 
 
 def test_training_from_parquet_and_csv_paths(spark: Any, digits_data: Any, tmp_path: Path) -> None:

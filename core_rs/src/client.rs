@@ -392,6 +392,17 @@ impl Client {
         p::decode_stats(&payload)
     }
 
+    /// Tells the server that this worker's own code failed (`message`, cut to what a small
+    /// frame holds) and closes the connection: the server asks the other workers to stop.
+    pub fn fail(&mut self, message: &str) {
+        let mut end = message.len().min(p::SMALL_FRAME as usize);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = self.conn.send(Op::Failed, &message.as_bytes()[..end], &[]);
+        let _ = self.conn.stream.shutdown(Shutdown::Both);
+    }
+
     /// Says goodbye and closes the connection.
     pub fn close(&mut self) {
         let _ = self.conn.send(Op::Bye, &[], &[]);

@@ -48,6 +48,8 @@ pub enum Op {
     Stats = 9,
     StatsReply = 10,
     Bye = 11,
+    /// A worker's last word: its own code failed, with this message (UTF-8), and it is leaving.
+    Failed = 12,
 }
 
 impl Op {
@@ -55,7 +57,7 @@ impl Op {
         use Op::*;
         [
             Challenge, Hello, Welcome, Error, Pull, Centre, Commit, Committed, Stats, StatsReply,
-            Bye,
+            Bye, Failed,
         ]
         .into_iter()
         .find(|op| *op as u8 == v)

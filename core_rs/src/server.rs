@@ -71,6 +71,8 @@ struct Shared {
     /// applied after it are told to stop; the lock orders the request against the replies, so
     /// the workers of one synchronous round all get the same answer.
     stop_after: Mutex<Option<u64>>,
+    /// The first failure a worker reported (`Op::Failed`): the run cannot succeed.
+    failure: Mutex<Option<String>>,
     /// Bits of an f32; NaN: no learning rate set.
     learning_rate: AtomicU32,
     /// Highest sequence number applied or in flight, per (worker, attempt): a replay is refused.
@@ -112,6 +114,12 @@ impl EpochEnds {
 }
 
 impl Shared {
+    /// Keeps the first failure and asks every worker to stop at its next commit.
+    fn failed(&self, message: String) {
+        self.failure.lock().get_or_insert(message);
+        self.stop_after.lock().get_or_insert(self.centre.clock());
+    }
+
     /// The control block of the reply to a commit that left the centre at `clock`.
     fn control(&self, clock: u64) -> p::Control {
         let rate = f32::from_bits(self.learning_rate.load(Ordering::SeqCst));
@@ -226,6 +234,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
             stop_after: Mutex::new(None),
+            failure: Mutex::new(None),
             learning_rate: AtomicU32::new(f32::NAN.to_bits()),
             last_seq: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
@@ -284,6 +293,12 @@ impl Server {
     /// taken.
     pub fn take_epoch_centre(&self, epoch: u32) -> Option<Vec<f32>> {
         self.shared.epoch_ends.lock().take(epoch)
+    }
+
+    /// The first failure a worker reported, if one has: the worker's own code failed, so the
+    /// run cannot succeed (its workers are told to stop, as by `set_control`).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
     }
 
     /// What every commit reply carries from now on.
@@ -582,7 +597,9 @@ impl<'a> Session<'a> {
         let n = self.shared.centre.len();
         // Any codec's commit, or a dense one (a residual flush), with the most logs.
         let max_vector = self.commit_codec.max_encoded_len(n).max(4 * n);
-        let max_frame = (p::COMMIT_HEAD_LEN + 4 * p::MAX_LOGS + max_vector) as u64;
+        // At least a small frame: a failure's message is one.
+        let max_frame =
+            ((p::COMMIT_HEAD_LEN + 4 * p::MAX_LOGS + max_vector) as u64).max(p::SMALL_FRAME);
         loop {
             let header = self.conn.read_header(max_frame)?;
             let expect = |len: u64| {
@@ -616,6 +633,15 @@ impl<'a> Session<'a> {
                 }
                 Op::Bye => {
                     expect(0)?;
+                    return Ok(());
+                }
+                Op::Failed => {
+                    if header.len > p::SMALL_FRAME {
+                        return Err(Error::protocol("failure message is too long"));
+                    }
+                    let message = self.conn.read_small(header.len)?;
+                    self.shared
+                        .failed(String::from_utf8_lossy(&message).into_owned());
                     return Ok(());
                 }
                 op => {

@@ -763,3 +763,32 @@ fn concurrent_commits_end_each_epoch_once_with_a_whole_centre() {
     }
     assert_eq!(server.take_epoch_centre(epochs - 1), None);
 }
+
+#[test]
+fn a_worker_that_fails_stops_the_others_and_the_server_keeps_its_message() {
+    let (server, layout) = start(Rule::Add { scale: 1.0 }, &[0.0; 4]);
+    let mut a = connect(&server, &layout, 0);
+    let mut b = connect(&server, &layout, 1);
+    a.commit(&[1.0; 4], None).unwrap();
+    assert!(!a.control().stop && server.failure().is_none());
+    b.fail("worker 1: ValueError: a bad batch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.failure().is_none() && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        server.failure().as_deref(),
+        Some("worker 1: ValueError: a bad batch")
+    );
+    a.commit(&[1.0; 4], None).unwrap(); // applied, and told to stop
+    assert!(a.control().stop);
+    // A second failure does not replace the first; a message too long is cut, not refused.
+    let mut c = connect(&server, &layout, 2);
+    c.fail(&"é".repeat(5000));
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server.failure().as_deref(),
+        Some("worker 1: ValueError: a bad batch")
+    );
+    assert_eq!(server.stats().protocol_errors, 0);
+}

@@ -446,7 +446,10 @@ def _run_stage(
         return error
 
     def first_reported() -> str | None:
-        return reported.value[0] if reported is not None and reported.value else None
+        """A worker's own error, reported by its task (classic) or to the server (any session)."""
+        if reported is not None and reported.value:
+            return str(reported.value[0])
+        return server.failure() if server is not None else None
 
     watch = _Watch(
         server,
@@ -562,14 +565,21 @@ def _run_in_cluster(
     group = f"distkeras-plus-{uuid.uuid4().hex}"
     folder = Folder(served.folder, spark) if served.folder is not None else None
 
+    latest: dict[str, Any] = {}
+
     def stats() -> dict[str, Any] | None:
         try:
-            return dict(json.loads(folder.read(PROGRESS))) if folder is not None else None
+            if folder is not None:
+                latest.update(json.loads(folder.read(PROGRESS)))
         except (OSError, ValueError):  # not written yet
-            return None
+            pass
+        return latest or None
 
     def first_reported() -> str | None:
-        return reported.value[0] if reported is not None and reported.value else None
+        """A worker's own error, reported by its task (classic) or to the server (any session)."""
+        if reported is not None and reported.value:
+            return str(reported.value[0])
+        return latest.get("failure")
 
     watch = _Watch(
         None, started, progress, None, None, None, lambda: first_reported() is not None, spark, group, stats

@@ -209,7 +209,12 @@ def run_worker(
             report(error)
     finally:
         if ctx is not None and ctx.client is not None:
-            ctx.client.close()
+            if error is None:
+                ctx.client.close()
+            else:  # the server tells the others to stop, and the driver (Connect has no accumulator)
+                ctx.client.fail(error)
+        elif error is not None:
+            _tell_server(cfg, worker_id, ps_attempt, error)
         spilled = 0
         if data is not None:
             spilled = data.spilled_bytes
@@ -226,6 +231,17 @@ def run_worker(
         error=error,
         spilled=spilled,
     )
+
+
+def _tell_server(cfg: WorkerConfig, worker_id: int, attempt: int, error: str) -> None:
+    """Reports a worker's failure that came before it connected (its data, say) to the server."""
+    if cfg.ps_address is None:
+        return
+    try:
+        layout = FlatWeights.from_arrays(model_from_bytes(cfg.model).get_weights()).layout
+        Client(cfg.ps_address, cfg.secret, layout, worker_id, attempt).fail(error)
+    except Exception:  # noqa: S110 - the error still reaches the driver with the task's end
+        pass
 
 
 def _result_row(**values: Any) -> Any:
@@ -338,7 +354,7 @@ def _serve(cfg: WorkerConfig, st: ServerTask, peers: Peers) -> Iterator[Any]:
         if watch.is_alive():
             watch.join()
         server.stop()
-    stats = server.stats()
+    stats = {**server.stats(), "failure": server.failure()}
     if checkpointer is not None:
         samples = sum(w.get("samples", 0) for w in stats.get("workers", {}).values())
         checkpointer.write(server, epochs_done + samples // max(1, st.rows))
@@ -377,7 +393,7 @@ def _watch(
     """About once a second until `ended`: the server's statistics to the progress file, and a
     checkpoint when one is due. A failed write is tried again a second later."""
     while not ended.wait(1.0):
-        stats = server.stats()
+        stats = {**server.stats(), "failure": server.failure()}
         try:
             if folder is not None:
                 folder.write(PROGRESS, json.dumps(stats).encode())

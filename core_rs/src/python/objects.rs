@@ -310,6 +310,11 @@ impl PyServer {
         })
     }
 
+    /// The first failure a worker reported (its own code failed), or None.
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
     /// What every commit reply carries from now on, to every worker: `stop` asks them to end
     /// their loop at that exchange, `learning_rate` (None: none set) is the rate their
     /// optimizers use from their next window. Sets both.
@@ -579,6 +584,15 @@ impl PyClient {
             d.set_item(name, value)?;
         }
         Ok(d)
+    }
+
+    /// Tells the server this worker's own code failed, with `message`, and closes the socket.
+    fn fail(&mut self, py: Python<'_>, message: &str) {
+        if let Some(mut client) = self.inner.take() {
+            py.detach(|| client.fail(message));
+            self.closed_bytes = (client.bytes_in(), client.bytes_out());
+            self.closed_control = client.control();
+        }
     }
 
     /// Says goodbye and closes the socket. Safe to call twice.
