@@ -98,6 +98,16 @@ def test_adag_through_a_standalone_cluster(cluster: str, tmp_path: Path) -> None
     assert report["commits"] > 0 and report["bytes_received"] > 0
     assert report["test_accuracy"] > 0.7
     assert out.is_file()
+    # The parameter server in a task of the stage: one worker and the server in the two slots.
+    run = subprocess.run(
+        [dk, "train", "--plugin", "adag", "--master", cluster, "--workers", "1", "--epochs", "3",
+         "--ps-location", "executor", "--output", str(out), "--overwrite", "--output-format", "json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["ps_location"] == "executor" and report["commits"] > 0
+    assert report["test_accuracy"] > 0.7
 
 
 def test_a_killed_worker_on_the_cluster_is_retried(cluster: str, tmp_path: Path) -> None:
