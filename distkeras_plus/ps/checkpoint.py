@@ -194,8 +194,12 @@ class Checkpointer:
         if self.last_clock < 0:
             self.last_clock = clock  # the clock the run started at is already safe
         if self.policy.due(clock, self.last_clock, time.monotonic() - self.last_time):
-            samples = sum(w.get("samples", 0) for w in stats.get("workers", {}).values())
-            self.write(server, self.epochs_before + samples // self.rows)
+            self.write(server, self.epochs_done(stats))
+
+    def epochs_done(self, stats: dict[str, Any]) -> int:
+        """Whole epochs done, from the samples the server's statistics say workers reported."""
+        samples = sum(int(w.get("samples", 0)) for w in stats.get("workers", {}).values())
+        return self.epochs_before + samples // self.rows
 
     def write(self, server: Any, epochs_done: int) -> str:
         values = np.empty(server.centre.num_params, np.float32)

@@ -417,6 +417,15 @@ class _Reported:
         return [*first, *second]
 
 
+def _reports(spark: Any) -> tuple[Callable[[str], None] | None, Callable[[], str | None]]:
+    """How a worker's task reports its own error as it ends (an accumulator; under Connect there
+    are none, and errors reach the driver through the parameter server), and the first reported."""
+    if session.is_connect(spark):
+        return None, lambda: None
+    reported = spark.sparkContext.accumulator([], _Reported())
+    return lambda line: reported.add([line]), lambda: str(reported.value[0]) if reported.value else None
+
+
 def _run_stage(
     p: Plan,
     cfg: WorkerConfig,
@@ -433,9 +442,7 @@ def _run_stage(
     A callback's own error stops the run too, and is raised as it is."""
     spark = p.data.df.sparkSession
     group = f"distkeras-plus-{uuid.uuid4().hex}"
-    # Under Connect there are no accumulators: a worker's error arrives with the stage's end.
-    reported = None if session.is_connect(spark) else spark.sparkContext.accumulator([], _Reported())
-    report = None if reported is None else lambda line: reported.add([line])
+    report, reported = _reports(spark)
 
     def task(batches: Iterator[Any]) -> Iterator[Any]:
         return run_worker(cfg, batches, report)
@@ -446,10 +453,7 @@ def _run_stage(
         return error
 
     def first_reported() -> str | None:
-        """A worker's own error, reported by its task (classic) or to the server (any session)."""
-        if reported is not None and reported.value:
-            return str(reported.value[0])
-        return server.failure() if server is not None else None
+        return reported() or (server.failure() if server is not None else None)
 
     watch = _Watch(
         server,
@@ -541,8 +545,7 @@ def _run_in_cluster(
     from pyspark.sql import functions as F
 
     spark = p.data.df.sparkSession
-    reported = None if session.is_connect(spark) else spark.sparkContext.accumulator([], _Reported())
-    report = None if reported is None else lambda line: reported.add([line])
+    report, reported = _reports(spark)
 
     def task(batches: Iterator[Any]) -> Iterator[Any]:
         return run_in_cluster(cfg, served, batches, report)
@@ -576,10 +579,7 @@ def _run_in_cluster(
         return latest or None
 
     def first_reported() -> str | None:
-        """A worker's own error, reported by its task (classic) or to the server (any session)."""
-        if reported is not None and reported.value:
-            return str(reported.value[0])
-        return latest.get("failure")
+        return reported() or latest.get("failure")
 
     watch = _Watch(
         None, started, progress, None, None, None, lambda: first_reported() is not None, spark, group, stats

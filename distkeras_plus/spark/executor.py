@@ -354,10 +354,9 @@ def _serve(cfg: WorkerConfig, st: ServerTask, peers: Peers) -> Iterator[Any]:
         if watch.is_alive():
             watch.join()
         server.stop()
-    stats = {**server.stats(), "failure": server.failure()}
+    stats = _stats(server)
     if checkpointer is not None:
-        samples = sum(w.get("samples", 0) for w in stats.get("workers", {}).values())
-        checkpointer.write(server, epochs_done + samples // max(1, st.rows))
+        checkpointer.write(server, checkpointer.epochs_done(stats))
     if folder is not None:
         folder.write(PROGRESS, json.dumps(stats).encode())
     yield _result_row(
@@ -374,6 +373,11 @@ def _serve(cfg: WorkerConfig, st: ServerTask, peers: Peers) -> Iterator[Any]:
 
 #: The file in a run's folder that holds the server's latest statistics (executor placement).
 PROGRESS = "progress.json"
+
+
+def _stats(server: Any) -> dict[str, Any]:
+    """The server's statistics and the first failure a worker reported to it."""
+    return {**server.stats(), "failure": server.failure()}
 
 
 def _newest_of_run(folder: Folder | None, run: str | None) -> Checkpoint | None:
@@ -393,7 +397,7 @@ def _watch(
     """About once a second until `ended`: the server's statistics to the progress file, and a
     checkpoint when one is due. A failed write is tried again a second later."""
     while not ended.wait(1.0):
-        stats = {**server.stats(), "failure": server.failure()}
+        stats = _stats(server)
         try:
             if folder is not None:
                 folder.write(PROGRESS, json.dumps(stats).encode())
